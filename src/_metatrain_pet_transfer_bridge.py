@@ -1,0 +1,221 @@
+"""Entry-point discovery of metatrain architectures, for an unmodified metatrain.
+
+Why this exists: metatrain 2026.4 finds architectures only as folders inside its own
+package (``metatrain/<name>/``) and has no entry-point discovery yet (upstream issue
+metatensor/metatrain#879). Packages declare architectures in the entry-point group
+``metatrain.architectures`` (``pet_transfer = "metatrain_pet_transfer"``); this module
+makes metatrain see every architecture declared there, without touching its files.
+
+What it touches, all in memory:
+
+- ``sys.meta_path`` gets two small finders. ``_AliasFinder`` (appended, so it is only
+  asked after the normal finders failed: a real ``metatrain.<name>`` always wins)
+  resolves ``metatrain.<name>`` to the declared module object itself, so
+  ``import_architecture(name)`` returns the plugin and classes are never duplicated.
+  ``_SubmoduleFinder`` (first in the list) maps ``metatrain.<name>.<sub>`` to the
+  plugin's ``<sub>`` once ``metatrain.<name>`` is an alias, and waits for
+  ``metatrain.utils.architectures`` to be imported to wrap, in that module only:
+  ``find_all_architectures`` (adds declared names: the checkpoint gate of ``mtt
+  eval/export/--restart`` and the "did you mean" suggestion use it),
+  ``get_architecture_path`` and ``get_architecture_name`` (point at the plugin's folder
+  so ``preload_documentation_module`` works).
+- Nothing else. It reads entry points only when metatrain asks for a name it does not
+  have, so ``python -c pass`` and a bare ``import metatrain`` pay nothing measurable.
+
+How it steps aside: the wrappers only add what the host does not already return, and
+the alias finder only answers names no other finder resolves. If metatrain learns to
+read this entry-point group itself, both become no-ops. Several plugins may ship this
+file under different names: the first one installed does the work, the others see
+``sys.metatrain_entry_point_bridge`` and return.
+
+Loaded at start-up by the ``.pth`` file installed beside it; for interpreters that do
+not read ``.pth`` files, call :func:`install` (``python -m metatrain_pet_transfer``
+does).
+"""
+
+import sys
+
+
+GROUP = "metatrain.architectures"
+_HOST = "metatrain"
+_WRAPPED_MODULE = "metatrain.utils.architectures"
+
+_declared = None  # name -> module path, read lazily from the entry points
+_aliases = {}  # "metatrain.<name>" -> "<plugin module>", for names already resolved
+
+
+def declared_architectures():
+    """Architectures declared in the ``metatrain.architectures`` entry-point group.
+
+    :return: a dict from architecture name to the import path of its module
+    """
+    global _declared
+    if _declared is None:
+        from importlib.metadata import entry_points
+
+        _declared = {}
+        for entry_point in entry_points(group=GROUP):
+            # the first distribution declaring a name wins, like on PATH
+            _declared.setdefault(entry_point.name, entry_point.value)
+    return _declared
+
+
+class _AliasLoader:
+    """Loader returning the already-imported plugin module under the host's name."""
+
+    def __init__(self, target):
+        self.target = target
+        self._target_spec = None
+
+    def create_module(self, spec):
+        import importlib
+
+        module = importlib.import_module(self.target)
+        self._target_spec = module.__spec__
+        return module
+
+    def exec_module(self, module):
+        # the import system stamped the alias spec on the module: give it its own back
+        module.__spec__ = self._target_spec
+
+
+def _alias_spec(fullname, target):
+    from importlib.machinery import ModuleSpec
+
+    return ModuleSpec(fullname, _AliasLoader(target), is_package=True)
+
+
+class _AliasFinder:
+    """Resolves ``metatrain.<name>`` for declared names no real module has."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        if not fullname.startswith(_HOST + ".") or fullname.count(".") != 1:
+            return None
+        name = fullname[len(_HOST) + 1 :]
+        module_path = declared_architectures().get(name)
+        if module_path is None:
+            return None
+        _aliases[fullname] = module_path
+        return _alias_spec(fullname, module_path)
+
+
+class _SubmoduleFinder:
+    """Maps submodules of aliased architectures, and wraps the architecture lookup."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        if not fullname.startswith(_HOST + "."):
+            return None
+        if fullname == _WRAPPED_MODULE:
+            return self._wrapping_spec(fullname, path, target)
+        parent, _, child = fullname.rpartition(".")
+        if parent in _aliases:
+            submodule = f"{_aliases[parent]}.{child}"
+            _aliases[fullname] = submodule
+            return _alias_spec(fullname, submodule)
+        return None
+
+    def _wrapping_spec(self, fullname, path, target):
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(fullname, path, target)
+            if spec is not None:
+                spec.loader = _WrappingLoader(spec.loader)
+                return spec
+        return None
+
+
+class _WrappingLoader:
+    """Runs the host's loader, then wraps the lookup functions of the module."""
+
+    def __init__(self, loader):
+        self.loader = loader
+
+    def __getattr__(self, name):
+        return getattr(self.loader, name)
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module):
+        self.loader.exec_module(module)
+        module.__spec__.loader = self.loader
+        module.__loader__ = self.loader
+        wrap_architecture_lookup(module)
+
+
+def _plugin_directory(name):
+    from importlib.util import find_spec
+    from pathlib import Path
+
+    spec = find_spec(declared_architectures()[name])
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError(f"architecture {name!r} is not a package")
+    return Path(list(spec.submodule_search_locations)[0]).resolve()
+
+
+def wrap_architecture_lookup(module):
+    """Teach ``metatrain.utils.architectures`` about declared architectures.
+
+    :param module: the imported ``metatrain.utils.architectures`` module
+    """
+    if getattr(module.find_all_architectures, "__entry_point_bridge__", False):
+        return
+
+    host_find_all = module.find_all_architectures
+    host_get_path = module.get_architecture_path
+    host_get_name = module.get_architecture_name
+
+    def find_all_architectures():
+        names = host_find_all()
+        return names + [n for n in declared_architectures() if n not in names]
+
+    def get_architecture_path(name):
+        path = host_get_path(name)
+        if not path.exists() and name in declared_architectures():
+            return _plugin_directory(name)
+        return path
+
+    def get_architecture_name(path):
+        try:
+            return host_get_name(path)
+        except ValueError:  # outside metatrain's folder: maybe a plugin's
+            from pathlib import Path
+
+            resolved = Path(path).resolve()
+            directory = resolved if resolved.is_dir() else resolved.parent
+            for name in declared_architectures():
+                if directory == _plugin_directory(name):
+                    return name
+            raise
+
+    for wrapper, host in [
+        (find_all_architectures, host_find_all),
+        (get_architecture_path, host_get_path),
+        (get_architecture_name, host_get_name),
+    ]:
+        wrapper.__doc__ = host.__doc__
+        wrapper.__wrapped__ = host
+        wrapper.__entry_point_bridge__ = True
+        setattr(module, host.__name__, wrapper)
+
+
+def install():
+    """Install the finders once per interpreter; safe to call any number of times."""
+    if getattr(sys, "metatrain_entry_point_bridge", None) is not None:
+        return
+    sys.metatrain_entry_point_bridge = __name__
+    sys.meta_path.insert(0, _SubmoduleFinder())
+    sys.meta_path.append(_AliasFinder())
+    host_module = sys.modules.get(_WRAPPED_MODULE)
+    if host_module is not None:  # imported before we were installed
+        host_find_all = host_module.find_all_architectures
+        wrap_architecture_lookup(host_module)
+        # modules that did `from .architectures import find_all_architectures`
+        for name, module in list(sys.modules.items()):
+            if name.startswith(_HOST + ".") and module is not host_module:
+                if getattr(module, "find_all_architectures", None) is host_find_all:
+                    module.find_all_architectures = host_module.find_all_architectures
+
+
+install()

@@ -1,0 +1,66 @@
+"""
+PET transfer
+============
+
+Transfer a pre-trained PET model to a new level of theory or to new properties.
+
+``pet_transfer`` trains metatrain's own PET model: the hyperparameters below are PET's,
+plus the options that control the transfer. Point ``training.finetune.read_from`` at a
+PET checkpoint (written by ``name: pet`` or ``name: pet_transfer``), declare the new
+targets in the dataset section, and run ``mtt train options.yaml``.
+
+The model hyperparameters come from the checkpoint: leave ``architecture.model`` out,
+or repeat the checkpoint's values (``mtt-transfer inspect CHECKPOINT`` prints them);
+any differing value stops the run with the list of differing keys.
+"""
+
+from typing import Annotated
+
+from pydantic import AfterValidator
+
+from metatrain.pet.documentation import ModelHypers as PETModelHypers
+from metatrain.pet.documentation import TrainerHypers as PETTrainerHypers
+from metatrain.pet.modules.finetuning import FinetuneHypers, NoFinetuneHypers
+
+
+def _check_read_from(finetune: dict) -> dict:
+    # Runs while metatrain validates the options, before `mtt train` unpickles the
+    # file itself with weights_only=False: a bad or unsafe file stops the run here.
+    read_from = finetune.get("read_from")
+    if read_from is not None:
+        from .checkpoints import check_pretrained_checkpoint
+
+        try:
+            check_pretrained_checkpoint(read_from)
+        except ValueError as error:
+            raise ValueError(f"training.finetune.read_from: {error}") from None
+    return finetune
+
+
+class ModelHypers(PETModelHypers):
+    """Hyperparameters of the model: PET's, taken from the checkpoint."""
+
+
+class TrainerHypers(PETTrainerHypers):
+    """Hyperparameters for transferring a PET model: PET's trainer options, plus the
+    transfer options below."""
+
+    finetune: Annotated[
+        NoFinetuneHypers | FinetuneHypers, AfterValidator(_check_read_from)
+    ] = {
+        "read_from": None,
+        "method": "full",
+        "config": {},
+        "inherit_heads": {},
+    }
+    """The pre-trained checkpoint and how to adapt it, with metatrain's meaning.
+
+    - ``read_from``: path to a PET checkpoint (``.ckpt``). It is checked before
+      training: it must exist, be a complete PET checkpoint that the installed
+      metatrain can read, and load with ``torch.load(weights_only=True)``.
+    - ``method``: ``full`` (train every weight), ``heads`` (train only the heads and
+      last layers; ``config: {head_modules, last_layer_modules}``) or ``lora``
+      (low-rank adapters; ``config: {rank, alpha}``).
+    - ``inherit_heads``: ``{new_target: pretrained_target}`` starts the new heads
+      as copies of the pretrained ones instead of random weights.
+    """

@@ -1,0 +1,64 @@
+"""The model: metatrain's PET, under this architecture's name."""
+
+from typing import Any, Dict, Literal
+
+from metatomic.torch import ModelCapabilities, ModelOutput
+
+from metatrain.pet import PET
+
+
+ARCHITECTURE_NAME = "pet_transfer"
+
+
+class PETTransfer(PET):
+    """metatrain's PET whose checkpoints name the ``pet_transfer`` architecture.
+
+    The weights, the forward pass, the export and the checkpoint format are PET's: a
+    checkpoint of either architecture loads into either class. Only the name differs,
+    so that ``mtt train --restart`` continues with this architecture's trainer.
+    """
+
+    @classmethod
+    def adopt(cls, model: PET) -> "PETTransfer":
+        """Take over a PET instance built by metatrain's fine-tuning path.
+
+        ``mtt train`` builds the model from the class named in the pretrained
+        checkpoint (usually ``pet``); the class adds no state, so the instance is
+        re-classed in place and keeps every weight and buffer.
+
+        :param model: a PET model
+        :return: the same object, now a :class:`PETTransfer`
+        """
+        if not isinstance(model, PET):
+            raise TypeError(
+                "pet_transfer can only train PET models, but the checkpoint in "
+                f"training.finetune.read_from holds a {type(model).__name__}"
+            )
+        if not isinstance(model, cls):
+            model.__class__ = cls
+        return model
+
+    @classmethod
+    def load_checkpoint(
+        cls,
+        checkpoint: Dict[str, Any],
+        context: Literal["restart", "finetune", "export"],
+    ) -> "PETTransfer":
+        model = super().load_checkpoint(checkpoint, context)
+        if context == "export":
+            # `mtt eval model.ckpt` evaluates this object directly: inference mode
+            model.eval()
+        return model
+
+    def capabilities(self) -> ModelCapabilities:
+        """What the exported model will declare; lets ``mtt eval`` take a ``.ckpt``."""
+        return self.export().capabilities()
+
+    def requested_inputs(self, use_new_names: bool = False) -> Dict[str, ModelOutput]:
+        # `mtt eval` asks with `use_new_names=True`, the exported-model signature
+        return super().requested_inputs()
+
+    def get_checkpoint(self) -> Dict:
+        checkpoint = super().get_checkpoint()
+        checkpoint["architecture_name"] = ARCHITECTURE_NAME
+        return checkpoint

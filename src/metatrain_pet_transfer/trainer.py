@@ -1,0 +1,56 @@
+"""The trainer: metatrain's PET fine-tuning, wrapped at its seams."""
+
+import os
+from pathlib import Path
+from typing import List, Union
+
+import torch
+
+from metatrain.pet import Trainer as PETTrainer
+from metatrain.utils.abc import ModelInterface
+from metatrain.utils.data import Dataset
+from metatrain.utils.io import check_file_extension
+
+from .model import PETTransfer
+
+
+class Trainer(PETTrainer):
+    """Fine-tunes a pretrained PET exactly as metatrain's PET trainer does.
+
+    The recipe: take over the model loaded from ``training.finetune.read_from``, run
+    PET's training loop, and write checkpoints atomically under this architecture's
+    name.
+    """
+
+    def train(
+        self,
+        model: ModelInterface,
+        dtype: torch.dtype,
+        devices: List[torch.device],
+        train_datasets: List[Union[Dataset, torch.utils.data.Subset]],
+        val_datasets: List[Union[Dataset, torch.utils.data.Subset]],
+        checkpoint_dir: str,
+    ) -> None:
+        model = PETTransfer.adopt(model)
+        super().train(
+            model=model,
+            dtype=dtype,
+            devices=devices,
+            train_datasets=train_datasets,
+            val_datasets=val_datasets,
+            checkpoint_dir=checkpoint_dir,
+        )
+
+    def save_checkpoint(self, model: ModelInterface, path: Union[str, Path]) -> None:
+        """Write the checkpoint to a temporary file, then rename it over ``path``.
+
+        A run killed while saving leaves the previous file intact, never a
+        truncated one under the final name.
+        """
+        path = Path(check_file_extension(path, ".ckpt"))
+        temporary = path.with_name(f".{path.stem}.{os.getpid()}.tmp.ckpt")
+        try:
+            super().save_checkpoint(PETTransfer.adopt(model), temporary)
+            os.replace(temporary, path)
+        finally:
+            temporary.unlink(missing_ok=True)
