@@ -8,29 +8,31 @@ makes metatrain see every architecture declared there, without touching its file
 
 What it touches, all in memory:
 
-- ``sys.meta_path`` gets two small finders. ``_AliasFinder`` (appended, so it is only
-  asked after the normal finders failed: a real ``metatrain.<name>`` always wins)
-  resolves ``metatrain.<name>`` to the declared module object itself, so
-  ``import_architecture(name)`` returns the plugin and classes are never duplicated.
-  ``_SubmoduleFinder`` (first in the list) maps ``metatrain.<name>.<sub>`` to the
-  plugin's ``<sub>`` once ``metatrain.<name>`` is an alias, and waits for
-  ``metatrain.utils.architectures`` to be imported to wrap, in that module only:
-  ``find_all_architectures`` (adds declared names: the checkpoint gate of ``mtt
-  eval/export/--restart`` and the "did you mean" suggestion use it),
-  ``get_architecture_path`` and ``get_architecture_name`` (point at the plugin's folder
-  so ``preload_documentation_module`` works).
-- Nothing else. It reads entry points only when metatrain asks for a name it does not
-  have, so ``python -c pass`` and a bare ``import metatrain`` pay nothing measurable.
+- ``sys.meta_path``. The ``.pth`` file installed beside this module adds, at start-up,
+  one tiny front finder (:data:`TRIGGER`) that ignores every name not starting with
+  ``metatrain.`` and imports nothing: this module is imported only by the first
+  ``metatrain.*`` import, so an interpreter that never imports metatrain pays for one
+  class creation. From then on, :func:`find_spec` maps ``metatrain.<name>.<sub>`` to
+  the plugin's ``<sub>`` once ``metatrain.<name>`` is an alias, and wraps
+  ``metatrain.utils.architectures`` when it is imported; and ``_AliasFinder``
+  (appended, so it is only asked after the normal finders failed: a real
+  ``metatrain.<name>`` always wins) resolves ``metatrain.<name>`` to the declared
+  module object itself, so ``import_architecture(name)`` returns the plugin and
+  classes are never duplicated.
+- In ``metatrain.utils.architectures`` only: ``find_all_architectures`` (adds declared
+  names: the checkpoint gate of ``mtt eval/export/--restart`` and the "did you mean"
+  suggestion use it), ``get_architecture_path`` and ``get_architecture_name`` (point at
+  the plugin's folder, so ``preload_documentation_module`` works).
+- Entry points are read only when metatrain asks for a name it does not have.
 
 How it steps aside: the wrappers only add what the host does not already return, and
 the alias finder only answers names no other finder resolves. If metatrain learns to
 read this entry-point group itself, both become no-ops. Several plugins may ship this
-file under different names: the first one installed does the work, the others see
-``sys.metatrain_entry_point_bridge`` and return.
+file under different names: each wrapper is applied once, and the first alias finder
+answers.
 
-Loaded at start-up by the ``.pth`` file installed beside it; for interpreters that do
-not read ``.pth`` files, call :func:`install` (``python -m metatrain_pet_transfer``
-does).
+For interpreters that do not read ``.pth`` files (``python -S``, site-packages on
+``PYTHONPATH``), call :func:`install`; ``python -m metatrain_pet_transfer`` does.
 """
 
 import sys
@@ -99,30 +101,37 @@ class _AliasFinder:
         return _alias_spec(fullname, module_path)
 
 
-class _SubmoduleFinder:
-    """Maps submodules of aliased architectures, and wraps the architecture lookup."""
+def find_spec(fullname, path=None, target=None):
+    """Front finder for ``metatrain.*`` names, called by :data:`TRIGGER`.
 
-    def find_spec(self, fullname, path=None, target=None):
-        if not fullname.startswith(_HOST + "."):
-            return None
-        if fullname == _WRAPPED_MODULE:
-            return self._wrapping_spec(fullname, path, target)
-        parent, _, child = fullname.rpartition(".")
-        if parent in _aliases:
-            submodule = f"{_aliases[parent]}.{child}"
-            _aliases[fullname] = submodule
-            return _alias_spec(fullname, submodule)
-        return None
+    Wraps ``metatrain.utils.architectures`` as it is imported and maps submodules of
+    aliased architectures; answers ``None`` (next finder) for everything else.
+    """
+    _append_alias_finder()
+    if fullname == _WRAPPED_MODULE:
+        return _wrapping_spec(fullname, path, target)
+    parent, _, child = fullname.rpartition(".")
+    if parent in _aliases:
+        submodule = f"{_aliases[parent]}.{child}"
+        _aliases[fullname] = submodule
+        return _alias_spec(fullname, submodule)
+    return None
 
-    def _wrapping_spec(self, fullname, path, target):
-        for finder in sys.meta_path:
-            if finder is self or not hasattr(finder, "find_spec"):
-                continue
-            spec = finder.find_spec(fullname, path, target)
-            if spec is not None:
-                spec.loader = _WrappingLoader(spec.loader)
-                return spec
-        return None
+
+def _append_alias_finder():
+    if not any(isinstance(finder, _AliasFinder) for finder in sys.meta_path):
+        sys.meta_path.append(_AliasFinder())
+
+
+def _wrapping_spec(fullname, path, target):
+    for finder in sys.meta_path:
+        if _is_trigger(finder) or not hasattr(finder, "find_spec"):
+            continue
+        spec = finder.find_spec(fullname, path, target)
+        if spec is not None:
+            spec.loader = _WrappingLoader(spec.loader)
+            return spec
+    return None
 
 
 class _WrappingLoader:
@@ -200,15 +209,22 @@ def wrap_architecture_lookup(module):
         setattr(module, host.__name__, wrapper)
 
 
+#: class name of the start-up finder added by the ``.pth`` file (or by :func:`install`)
+TRIGGER = "_metatrain_pet_transfer_trigger"
+
+
+def _is_trigger(finder):
+    return type(finder).__name__ == TRIGGER
+
+
 def install():
-    """Install the finders once per interpreter; safe to call any number of times."""
-    if getattr(sys, "metatrain_entry_point_bridge", None) is not None:
-        return
-    sys.metatrain_entry_point_bridge = __name__
-    sys.meta_path.insert(0, _SubmoduleFinder())
-    sys.meta_path.append(_AliasFinder())
+    """Add the start-up finder by hand (what the ``.pth`` line does); idempotent."""
+    if not any(_is_trigger(finder) for finder in sys.meta_path):
+        trigger = type(TRIGGER, (), {"find_spec": staticmethod(_trigger_find_spec)})
+        sys.meta_path.insert(0, trigger())
     host_module = sys.modules.get(_WRAPPED_MODULE)
     if host_module is not None:  # imported before we were installed
+        _append_alias_finder()
         host_find_all = host_module.find_all_architectures
         wrap_architecture_lookup(host_module)
         # modules that did `from .architectures import find_all_architectures`
@@ -218,4 +234,7 @@ def install():
                     module.find_all_architectures = host_module.find_all_architectures
 
 
-install()
+def _trigger_find_spec(fullname, path=None, target=None):
+    if fullname.startswith(_HOST + "."):
+        return find_spec(fullname, path, target)
+    return None

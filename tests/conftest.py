@@ -1,0 +1,176 @@
+"""Shared fixtures: shipped data, and a tiny PET checkpoint trained in the session."""
+
+import copy
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+
+TESTS = Path(__file__).resolve().parent
+DATA = TESTS / "data"
+# `../shared` beside the repository: present in CI and on developer machines only
+SHARED = TESTS.parents[1] / "shared"
+
+#: tiny PET hypers, shared by the session checkpoint and the option files of the tests
+TINY_PET = {
+    "cutoff": 4.0,
+    "d_pet": 8,
+    "d_head": 8,
+    "d_node": 8,
+    "d_feedforward": 8,
+    "num_heads": 1,
+    "num_attention_layers": 1,
+    "num_gnn_layers": 1,
+}
+
+
+def mtt():
+    """The ``mtt`` script of the environment running the tests."""
+    return (str(Path(sys.executable).parent / "mtt"),)
+
+
+def run_mtt(args, cwd, launcher=None, check=True, timeout=600):
+    """Run a metatrain command in a subprocess, as a user would."""
+    launcher = launcher or mtt()
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    result = subprocess.run(
+        [*launcher, *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"{' '.join([*launcher, *args])} failed ({result.returncode}):\n"
+            f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+        )
+    return result
+
+
+def python_launcher():
+    """``python -S -m metatrain_pet_transfer``: site-packages reached through
+    PYTHONPATH, so no ``.pth`` file is read and the launcher must install the bridge."""
+    import sysconfig
+
+    site_packages = sysconfig.get_paths()["purelib"]
+    return ("env", f"PYTHONPATH={site_packages}", sys.executable, "-S", "-m",
+            "metatrain_pet_transfer")
+
+
+def train_tiny_pet(path: Path, epochs: int = 2) -> Path:
+    """Train a tiny native PET on the shipped xTB frames and save it at ``path``."""
+    from metatrain.pet import PET, Trainer
+    from metatrain.utils.architectures import get_default_hypers
+    from metatrain.utils.data import DatasetInfo, get_atomic_types, get_dataset
+    from metatrain.utils.hypers import init_with_defaults
+    from metatrain.utils.loss import LossSpecification
+    from metatrain.utils.omegaconf import expand_dataset_config
+    from omegaconf import OmegaConf
+
+    torch.manual_seed(0)
+    xyz = str(DATA / "xtb_small.xyz")
+    options = expand_dataset_config(
+        OmegaConf.create(
+            {
+                "systems": {"read_from": xyz, "length_unit": "angstrom"},
+                "targets": {
+                    "energy": {
+                        "key": "energy_xtb",
+                        "unit": "eV",
+                        "forces": {"key": "forces_xtb"},
+                        "stress": False,
+                    }
+                },
+            }
+        )
+    )[0]
+    dataset, targets, _ = get_dataset(options)
+    dataset_info = DatasetInfo(
+        length_unit="angstrom",
+        atomic_types=get_atomic_types(dataset),
+        targets=targets,
+    )
+    hypers = get_default_hypers("pet")
+    model_hypers = copy.deepcopy(hypers["model"])
+    model_hypers.update(TINY_PET)
+    model = PET(model_hypers, dataset_info)
+    training = copy.deepcopy(hypers["training"])
+    training.update({"num_epochs": epochs, "batch_size": 8, "learning_rate": 1e-3})
+    training["loss"] = {"energy": init_with_defaults(LossSpecification)}
+    trainer = Trainer(training)
+    workdir = path.parent / "pretraining"
+    workdir.mkdir(parents=True, exist_ok=True)
+    trainer.train(
+        model,
+        dtype=torch.float32,
+        devices=[torch.device("cpu")],
+        train_datasets=[dataset],
+        val_datasets=[dataset],
+        checkpoint_dir=str(workdir),
+    )
+    trainer.save_checkpoint(model, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def pretrained_checkpoint(tmp_path_factory) -> Path:
+    """A tiny PET (``name: pet``) pre-trained on GFN2-xTB energies and forces."""
+    return train_tiny_pet(tmp_path_factory.mktemp("pretrained") / "pretrained.ckpt")
+
+
+@pytest.fixture
+def workdir(tmp_path, pretrained_checkpoint) -> Path:
+    """A folder with the shipped data and the pretrained checkpoint, as a user has."""
+    for name in ["pbe0_small.xyz", "xtb_small.xyz", "bulk_small.xyz"]:
+        shutil.copy(DATA / name, tmp_path / name)
+    shutil.copy(pretrained_checkpoint, tmp_path / "pretrained.ckpt")
+    return tmp_path
+
+
+def transfer_options(
+    target="mtt::energy_pbe0", method="full", epochs=2, read_from="pretrained.ckpt"
+):
+    """A user's options.yaml for transferring the tiny PET to PBE0 labels."""
+    return {
+        "seed": 0,
+        "architecture": {
+            "name": "pet_transfer",
+            "training": {
+                "batch_size": 8,
+                "num_epochs": epochs,
+                "learning_rate": 1e-3,
+                "log_interval": 1,
+                "checkpoint_interval": 1,
+                "num_workers": 0,
+                "finetune": {"method": method, "read_from": read_from},
+            },
+        },
+        "training_set": {
+            "systems": {"read_from": "pbe0_small.xyz", "length_unit": "angstrom"},
+            "targets": {
+                target: {
+                    "quantity": "energy",
+                    "key": "energy_pbe0",
+                    "unit": "eV",
+                    "forces": {"key": "forces_pbe0"},
+                    "stress": False,
+                }
+            },
+        },
+        "validation_set": 0.2,
+        "test_set": 0.1,
+    }
+
+
+def write_yaml(path, content):
+    import yaml
+
+    path.write_text(yaml.safe_dump(content, sort_keys=False))
+    return path
