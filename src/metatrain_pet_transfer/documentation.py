@@ -14,7 +14,7 @@ or repeat the checkpoint's values (``mtt-transfer inspect CHECKPOINT`` prints th
 any differing value stops the run with the list of differing keys.
 """
 
-from typing import Annotated
+from typing import Annotated, Optional
 
 from pydantic import AfterValidator
 
@@ -63,4 +63,23 @@ class TrainerHypers(PETTrainerHypers):
       (low-rank adapters; ``config: {rank, alpha}``).
     - ``inherit_heads``: ``{new_target: pretrained_target}`` starts the new heads
       as copies of the pretrained ones instead of random weights.
+    """
+
+    alignment: Optional[bool] = None
+    """Start new energy targets aligned with the pretrained model.
+
+    With alignment, a new energy target (``mtt::energy_pbe0``, ``energy/pbe0``, ...)
+    starts as a copy of a pretrained energy head (``finetune.inherit_heads`` picks
+    it, otherwise the checkpoint's ``energy`` or its only energy head) with that
+    head's output scale, and its composition model is fitted by least squares on the
+    residual "new labels minus pretrained predictions". Before the first step the
+    model then predicts "pretrained + per-element shift", and its zero-shot errors
+    are logged. ``null`` (default): on whenever such a pretrained head exists;
+    ``true``: required (an error if no head can be chosen); ``false``: metatrain's
+    native start (random new heads, composition fitted on the raw labels).
+
+    An energy target that already exists in the checkpoint always gets its
+    composition refitted on the residual of its own pretrained head, whatever this
+    option says: native metatrain would keep the checkpoint's weights, which is wrong
+    when the labels are at another level of theory.
     """

@@ -1,10 +1,12 @@
 """The model: metatrain's PET, under this architecture's name."""
 
-from typing import Any, Dict, Literal
+from typing import Any, Dict, Literal, Optional
 
-from metatomic.torch import ModelCapabilities, ModelOutput
+from metatomic.torch import AtomisticModel, ModelCapabilities, ModelMetadata, ModelOutput
 
 from metatrain.pet import PET
+
+from .energy_levels import EnergyVariants, energy_variant_aliases
 
 
 ARCHITECTURE_NAME = "pet_transfer"
@@ -49,6 +51,30 @@ class PETTransfer(PET):
             # `mtt eval model.ckpt` evaluates this object directly: inference mode
             model.eval()
         return model
+
+    def export(self, metadata: Optional[ModelMetadata] = None) -> AtomisticModel:
+        """PET's export, plus ``energy/<level>`` outputs for ``mtt::`` energy
+        targets, so that simulation engines can select the new level of theory
+        (:mod:`.energy_levels`)."""
+        exported = super().export(metadata)
+        aliases = energy_variant_aliases(self.dataset_info.targets, self.outputs)
+        if not aliases:
+            return exported
+        capabilities = exported.capabilities()
+        outputs = dict(capabilities.outputs)
+        for alias, target in aliases.items():
+            outputs[alias] = outputs[target]
+        capabilities = ModelCapabilities(
+            outputs=outputs,
+            atomic_types=capabilities.atomic_types,
+            interaction_range=capabilities.interaction_range,
+            length_unit=capabilities.length_unit,
+            supported_devices=capabilities.supported_devices,
+            dtype=capabilities.dtype,
+        )
+        return AtomisticModel(
+            EnergyVariants(self, aliases).eval(), exported.metadata(), capabilities
+        )
 
     def capabilities(self) -> ModelCapabilities:
         """What the exported model will declare; lets ``mtt eval`` take a ``.ckpt``."""

@@ -1,0 +1,395 @@
+"""Alignment start: new energy heads begin as "pretrained model + per-element shift".
+
+A new level of theory mostly differs from the pretrained one by per-element reference
+energies (total energies of xTB and DFT differ by ~10^3 eV) and by a smaller,
+smoother correction. metatrain's native fine-tuning gives a new energy target a
+random head and a composition model fitted to the raw labels, so the first epochs are
+spent rediscovering what the pretrained head already knows. Here, before the first
+optimizer step, each new energy target:
+
+- copies the heads and last layers of a pretrained energy head (through metatrain's
+  own ``inherit_heads``),
+- keeps that head's output scale (``fixed_scaling_weights``),
+- gets composition weights fitted by least squares on the *residual*: the new labels
+  minus the pretrained model's predictions (``atomic_baseline``).
+
+An energy target that already exists in the checkpoint (say ``energy`` with PBE0
+labels) is a trap in native metatrain, which keeps the checkpoint's composition
+weights for it; its composition is refitted the same way (on the residual of its own
+pretrained head), which changes nothing when the labels are at the checkpoint's
+level, and moves the reference energies when they are not.
+
+The zero-shot errors of the aligned model are logged for the training and validation
+sets, and returned for the run report.
+"""
+
+import copy
+import logging
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Union
+
+import metatensor.torch as mts
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from metatrain.utils.data import CollateFn, Dataset, TargetInfo, unpack_batch
+from metatrain.utils.evaluate_model import evaluate_model
+from metatrain.utils.metrics import MAEAccumulator, RMSEAccumulator
+from metatrain.utils.neighbor_lists import (
+    get_requested_neighbor_lists,
+    get_system_with_neighbor_lists_transform,
+)
+from metatrain.utils.per_atom import average_by_num_atoms
+from metatrain.utils.transfer import batch_to
+
+
+logger = logging.getLogger(__name__)
+
+DatasetLike = Union[Dataset, torch.utils.data.Subset]
+
+
+@dataclass
+class AlignedTarget:
+    """How one energy target starts: from which pretrained head, with which shift."""
+
+    target: str
+    source: str
+    is_new: bool
+    composition: Dict[int, float] = field(default_factory=dict)
+    """composition weights (eV per atom of each type) given to the target"""
+    shift: Dict[int, float] = field(default_factory=dict)
+    """composition weights minus the source's: the fitted per-element shift"""
+    zero_shot: Dict[str, Dict[str, float]] = field(default_factory=dict)
+    """``{"training"|"validation": {metric name: value}}`` before any step"""
+
+
+def trained_targets(model, datasets: List[DatasetLike]) -> Dict[str, TargetInfo]:
+    """Targets of the model for which the datasets of this run have labels."""
+    present = set()
+    for dataset in datasets:
+        if len(dataset) > 0:
+            present.update(dataset[0]._asdict().keys())
+    return {
+        name: info
+        for name, info in model.dataset_info.targets.items()
+        if name in present
+    }
+
+
+def new_targets(model) -> List[str]:
+    """Energy-like targets added by this run (not in the pretrained checkpoint)."""
+    return list(model.additive_models[0]._new_outputs)
+
+
+def choose_sources(
+    model,
+    targets: Dict[str, TargetInfo],
+    inherit_heads: Dict[str, str],
+    alignment: Optional[bool],
+) -> Dict[str, str]:
+    """Pick, for each trained energy target, the pretrained head it starts from.
+
+    :param model: the PET model after ``restart`` (old and new targets)
+    :param targets: targets trained in this run
+    :param inherit_heads: the user's ``finetune.inherit_heads`` mapping
+    :param alignment: the ``alignment`` option (``None`` means automatic)
+    :return: ``{target: source}``; a target existing in the checkpoint is its own
+        source, whatever ``alignment`` says (see the module docstring)
+    """
+    added = set(new_targets(model))
+    pretrained_energies = [
+        name
+        for name, info in model.dataset_info.targets.items()
+        if name not in added and info.quantity == "energy"
+    ]
+    sources = {}
+    for name, info in targets.items():
+        if info.quantity != "energy":
+            continue
+        if name not in added:
+            sources[name] = name
+            continue
+        if alignment is False:
+            continue
+        source = inherit_heads.get(name)
+        if source is None:
+            if "energy" in pretrained_energies:
+                source = "energy"
+            elif len(pretrained_energies) == 1:
+                source = pretrained_energies[0]
+            elif alignment:
+                raise ValueError(
+                    f"training.alignment is true but the checkpoint has "
+                    f"{len(pretrained_energies)} energy heads "
+                    f"({pretrained_energies or 'none'}): choose the one '{name}' "
+                    "starts from with training.finetune.inherit_heads"
+                )
+            else:
+                logger.info(
+                    f"No single pretrained energy head to align '{name}' with "
+                    f"(found {pretrained_energies}): it starts from random heads"
+                )
+                continue
+        if source not in pretrained_energies:
+            raise ValueError(
+                f"'{name}' should start from the pretrained head '{source}' "
+                f"(training.finetune.inherit_heads), but the checkpoint's energy "
+                f"heads are {pretrained_energies}"
+            )
+        sources[name] = source
+    return sources
+
+
+@dataclass
+class _Predictions:
+    """Pretrained predictions for one dataset, batch by batch, and atom counts."""
+
+    batches: list
+    counts: np.ndarray  # (n_structures, n_types)
+    labels: np.ndarray  # (n_structures,) total energies
+    predicted: np.ndarray  # (n_structures,) total energies
+
+
+def _predict(
+    model,
+    source: str,
+    target: str,
+    target_info: TargetInfo,
+    datasets: List[DatasetLike],
+    batch_size: int,
+    dtype: torch.dtype,
+) -> _Predictions:
+    """Run the pretrained ``source`` head (with its gradients) on the labels of
+    ``target``, as ``mtt eval`` would: raw labels, full model prediction."""
+    device = next(model.parameters()).device
+    collate = CollateFn(
+        target_keys=[target],
+        callables=[
+            get_system_with_neighbor_lists_transform(
+                get_requested_neighbor_lists(model)
+            )
+        ],
+    )
+    type_index = {t: i for i, t in enumerate(model.atomic_types)}
+    batches, counts, labels, predicted = [], [], [], []
+    for dataset in datasets:
+        if len(dataset) == 0:
+            continue
+        loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate)
+        for batch in loader:
+            systems, targets, extra_data = unpack_batch(batch)
+            systems, targets, extra_data = batch_to(
+                systems, targets, extra_data, dtype=dtype, device=device
+            )
+            prediction = evaluate_model(
+                model, systems, {source: target_info}, is_training=False
+            )[source]
+            prediction = mts.detach(prediction)
+            batches.append((systems, prediction, targets[target], extra_data))
+            for system in systems:
+                row = np.zeros(len(type_index))
+                for atomic_type in system.types.tolist():
+                    row[type_index[atomic_type]] += 1
+                counts.append(row)
+            labels.append(targets[target].block().values.detach().cpu().double())
+            predicted.append(prediction.block().values.detach().cpu().double())
+    if not counts:
+        return _Predictions([], np.zeros((0, len(type_index))), np.zeros(0), np.zeros(0))
+    return _Predictions(
+        batches,
+        np.array(counts),
+        torch.cat(labels).reshape(-1).numpy(),
+        torch.cat(predicted).reshape(-1).numpy(),
+    )
+
+
+def _fit_shift(predictions: _Predictions) -> np.ndarray:
+    """Per-element shift minimizing ``|labels - predicted - counts @ shift|^2``.
+
+    Elements absent from the data get no shift (minimum-norm solution)."""
+    residual = predictions.labels - predictions.predicted
+    shift, *_ = np.linalg.lstsq(predictions.counts, residual, rcond=None)
+    return shift
+
+
+def _zero_shot_metrics(
+    predictions: _Predictions,
+    shift: np.ndarray,
+    target: str,
+    per_structure_targets: List[str],
+) -> Dict[str, float]:
+    """Errors of "pretrained + shift" against the labels, with metatrain's metric
+    names and conventions (energies per atom, as in the training log)."""
+    rmse, mae = RMSEAccumulator(), MAEAccumulator()
+    offset = 0
+    for systems, prediction, label, extra_data in predictions.batches:
+        n = len(systems)
+        energy_shift = torch.tensor(
+            predictions.counts[offset : offset + n] @ shift,
+            dtype=prediction.block().values.dtype,
+            device=prediction.block().values.device,
+        ).reshape(-1, 1)
+        offset += n
+        block = prediction.block()
+        shifted = mts.TensorBlock(
+            values=block.values + energy_shift,
+            samples=block.samples,
+            components=block.components,
+            properties=block.properties,
+        )
+        for parameter in block.gradients_list():
+            shifted.add_gradient(parameter, block.gradient(parameter).copy())
+        shifted_map = mts.TensorMap(prediction.keys, [shifted])
+        predicted = average_by_num_atoms(
+            {target: shifted_map}, systems, per_structure_targets
+        )
+        labels = average_by_num_atoms({target: label}, systems, per_structure_targets)
+        rmse.update(predicted, labels, extra_data)
+        mae.update(predicted, labels, extra_data)
+    if offset == 0:
+        return {}
+    not_per_atom = ["positions_gradients"] + per_structure_targets
+    metrics = rmse.finalize(not_per_atom=not_per_atom)
+    metrics.update(mae.finalize(not_per_atom=not_per_atom))
+    return metrics
+
+
+def _composition_weights(model, target: str) -> Dict[int, float]:
+    weights = model.additive_models[0].model.weights[target].block().values
+    return {
+        int(t): float(w)
+        for t, w in zip(model.atomic_types, weights.reshape(-1).tolist(), strict=True)
+    }
+
+
+def _scale(model, target: str) -> float:
+    return float(model.scaler.model.scales[target].block().values.reshape(-1)[0])
+
+
+def _format(metrics: Dict[str, float]) -> str:
+    """Metrics in meV (eV in metatrain): per atom for energies and virials."""
+    parts = []
+    for name, value in metrics.items():
+        unit = "meV/A" if "positions_gradients" in name else "meV/atom"
+        parts.append(f"{name}: {1000 * value:.4g} {unit}")
+    return " | ".join(parts)
+
+
+def align(
+    model,
+    hypers: dict,
+    train_datasets: List[DatasetLike],
+    val_datasets: List[DatasetLike],
+    dtype: torch.dtype,
+) -> tuple[dict, List[AlignedTarget]]:
+    """Prepare the aligned start for every trained energy target.
+
+    :param model: the PET model after ``restart``, before training
+    :param hypers: the trainer hypers (not modified)
+    :param train_datasets: training datasets of this run
+    :param val_datasets: validation datasets of this run
+    :param dtype: the training dtype
+    :return: the trainer hypers to train with (``inherit_heads``,
+        ``atomic_baseline`` and ``fixed_scaling_weights`` filled in) and what was
+        done for each target
+    """
+    hypers = copy.deepcopy(hypers)
+    finetune = hypers["finetune"]
+    targets = trained_targets(model, train_datasets)
+    sources = choose_sources(
+        model, targets, finetune.get("inherit_heads", {}), hypers["alignment"]
+    )
+    if not sources:
+        return hypers, []
+    if isinstance(hypers["atomic_baseline"], str):
+        logger.info(
+            "training.atomic_baseline is a checkpoint: composition weights are "
+            "taken from it, no alignment of the energy references"
+        )
+        return hypers, []
+
+    was_training = model.training
+    model.eval()
+    model.to(dtype=dtype)
+    results = []
+    try:
+        for target, source in sources.items():
+            if target in hypers["atomic_baseline"]:
+                logger.info(
+                    f"training.atomic_baseline sets the composition of '{target}': "
+                    "kept as given, no alignment for it"
+                )
+                continue
+            info = targets[target]
+            batch_size = hypers["batch_size"]
+            train = _predict(
+                model, source, target, info, train_datasets, batch_size, dtype
+            )
+            val = _predict(model, source, target, info, val_datasets, batch_size, dtype)
+            shift = _fit_shift(train)
+            source_weights = _composition_weights(model, source)
+            composition = {
+                t: source_weights[t] + float(s)
+                for t, s in zip(model.atomic_types, shift, strict=True)
+            }
+            result = AlignedTarget(
+                target=target,
+                source=source,
+                is_new=target != source,
+                composition=composition,
+                shift={t: float(s) for t, s in zip(model.atomic_types, shift)},
+                zero_shot={
+                    split: _zero_shot_metrics(
+                        predictions, shift, target, hypers["per_structure_targets"]
+                    )
+                    for split, predictions in [("training", train), ("validation", val)]
+                },
+            )
+            results.append(result)
+            hypers["atomic_baseline"][target] = composition
+            if result.is_new:
+                finetune.setdefault("inherit_heads", {})[target] = source
+                if hypers["scale_targets"] and not isinstance(
+                    hypers["fixed_scaling_weights"], str
+                ):
+                    hypers["fixed_scaling_weights"].setdefault(
+                        target, _scale(model, source)
+                    )
+            else:
+                # native metatrain keeps the checkpoint's weights for an existing
+                # target: mark it for fitting, with the residual-based weights
+                model.additive_models[0]._new_outputs.append(target)
+            _log(result, train)
+    finally:
+        model.train(was_training)
+    return hypers, results
+
+
+def _log(result: AlignedTarget, train: _Predictions) -> None:
+    shift = np.array(list(result.shift.values()))
+    per_atom = train.counts @ shift / train.counts.sum(axis=1)
+    mean_shift = float(np.mean(np.abs(per_atom)))
+    if result.is_new:
+        logger.info(
+            f"Alignment: '{result.target}' starts from the pretrained '{result.source}' "
+            f"head plus a per-element shift (mean |shift| {mean_shift:.4g} eV/atom)"
+        )
+    else:
+        message = (
+            f"'{result.target}' exists in the checkpoint: its composition weights are "
+            f"refitted on the residual of its pretrained head (mean |shift| "
+            f"{mean_shift:.4g} eV/atom)"
+        )
+        if mean_shift > 0.05:
+            message += (
+                "; such a shift means these labels are NOT at the checkpoint's level "
+                "of theory. A new name (e.g. 'energy/<level>' or 'mtt::energy_<level>')"
+                " keeps the pretrained head valid next to the new one."
+            )
+            logger.warning(message)
+        else:
+            logger.info(message)
+    for split, metrics in result.zero_shot.items():
+        if metrics:
+            logger.info(f"Zero-shot {split} errors: {_format(metrics)}")
