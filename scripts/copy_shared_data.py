@@ -1,6 +1,6 @@
 """Copy the small data files the tests ship from ``../shared/data`` (provenance).
 
-The files are subsets of the project's shared datasets (see ``../shared/data/README.md``:
+The files are subsets of the project's shared datasets (``../shared/data/README.md``:
 GFN2-xTB and PBE0/def2-SVP labels on H/C/N/O molecules, GFN1-xTB periodic cells).
 Run from the repository root: ``python scripts/copy_shared_data.py``.
 """
@@ -30,16 +30,23 @@ def main():
     ]
     ase.io.write(TESTS / "xtb_small.xyz", every_nth(xtb, 48))
 
-    pbe0 = ase.io.read(SHARED / "pbe0.xyz", ":")
-    ase.io.write(TESTS / "pbe0_small.xyz", every_nth(pbe0, 40))
+    pbe0 = every_nth(ase.io.read(SHARED / "pbe0.xyz", ":"), 40)
+    for frame in pbe0:
+        # a per-atom scalar derived from real labels, for generic-target tests
+        frame.arrays["force_norm_xtb"] = np.linalg.norm(
+            frame.arrays["forces_xtb"], axis=1
+        )
+    ase.io.write(TESTS / "pbe0_small.xyz", pbe0)
 
-    # metatrain's ASE reader takes stress as a 3x3 matrix: expand ASE's Voigt order
-    bulk = every_nth(ase.io.read(SHARED / "bulk_a.xyz", ":"), 24)
+    # periodic cells labelled at GFN1-xTB (a) and GFN2-xTB (b); metatrain's ASE
+    # reader takes stress as a 3x3 matrix: expand ASE's Voigt order
+    bulk = every_nth(ase.io.read(SHARED / "bulk_b.xyz", ":"), 24)
     for frame in bulk:
-        xx, yy, zz, yz, xz, xy = frame.info["stress_a"]
-        frame.info["stress_a"] = np.array(
-            [[xx, xy, xz], [xy, yy, yz], [xz, yz, zz]]
-        ).reshape(9)
+        for level in "ab":
+            xx, yy, zz, yz, xz, xy = frame.info[f"stress_{level}"]
+            frame.info[f"stress_{level}"] = np.array(
+                [[xx, xy, xz], [xy, yy, yz], [xz, yz, zz]]
+            ).reshape(9)
     ase.io.write(TESTS / "bulk_small.xyz", bulk)
 
 

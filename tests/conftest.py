@@ -60,12 +60,25 @@ def python_launcher():
     import sysconfig
 
     site_packages = sysconfig.get_paths()["purelib"]
-    return ("env", f"PYTHONPATH={site_packages}", sys.executable, "-S", "-m",
-            "metatrain_pet_transfer")
+    return (
+        "env",
+        f"PYTHONPATH={site_packages}",
+        sys.executable,
+        "-S",
+        "-m",
+        "metatrain_pet_transfer",
+    )
 
 
-def train_tiny_pet(path: Path, epochs: int = 2) -> Path:
-    """Train a tiny native PET on the shipped xTB frames and save it at ``path``."""
+def train_tiny_pet(
+    path: Path,
+    epochs: int = 2,
+    data: str = "xtb_small.xyz",
+    energy: str = "energy_xtb",
+    forces: str = "forces_xtb",
+    stress=False,
+) -> Path:
+    """Train a tiny native PET on shipped frames and save it at ``path``."""
     from metatrain.pet import PET, Trainer
     from metatrain.utils.architectures import get_default_hypers
     from metatrain.utils.data import DatasetInfo, get_atomic_types, get_dataset
@@ -75,17 +88,17 @@ def train_tiny_pet(path: Path, epochs: int = 2) -> Path:
     from omegaconf import OmegaConf
 
     torch.manual_seed(0)
-    xyz = str(DATA / "xtb_small.xyz")
+    xyz = str(DATA / data)
     options = expand_dataset_config(
         OmegaConf.create(
             {
                 "systems": {"read_from": xyz, "length_unit": "angstrom"},
                 "targets": {
                     "energy": {
-                        "key": "energy_xtb",
+                        "key": energy,
                         "unit": "eV",
-                        "forces": {"key": "forces_xtb"},
-                        "stress": False,
+                        "forces": {"key": forces},
+                        "stress": {"key": stress} if stress else False,
                     }
                 },
             }
@@ -123,6 +136,18 @@ def train_tiny_pet(path: Path, epochs: int = 2) -> Path:
 def pretrained_checkpoint(tmp_path_factory) -> Path:
     """A tiny PET (``name: pet``) pre-trained on GFN2-xTB energies and forces."""
     return train_tiny_pet(tmp_path_factory.mktemp("pretrained") / "pretrained.ckpt")
+
+
+@pytest.fixture(scope="session")
+def pretrained_bulk_checkpoint(tmp_path_factory) -> Path:
+    """A tiny PET pre-trained on periodic cells at GFN1-xTB, with stress."""
+    return train_tiny_pet(
+        tmp_path_factory.mktemp("pretrained-bulk") / "pretrained_bulk.ckpt",
+        data="bulk_small.xyz",
+        energy="energy_a",
+        forces="forces_a",
+        stress="stress_a",
+    )
 
 
 @pytest.fixture

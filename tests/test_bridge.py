@@ -36,13 +36,16 @@ def test_installed_and_lazy_at_startup():
         """
         import sys
         print([type(f).__name__ for f in sys.meta_path][0])
-        print("_metatrain_pet_transfer_bridge" in sys.modules, "metatrain" in sys.modules)
+        print("_metatrain_pet_transfer_bridge" in sys.modules,
+              "metatrain" in sys.modules)
         import metatrain, _metatrain_pet_transfer_bridge as b
         print(b._declared is None)
         """
     )
     assert out.splitlines() == [
-        "_metatrain_pet_transfer_trigger", "False False", "True"
+        "_metatrain_pet_transfer_trigger",
+        "False False",
+        "True",
     ]
 
 
@@ -64,6 +67,7 @@ def test_metatrain_resolves_the_plugin():
     check_architecture_name("pet_transfer")
 
     import metatrain.pet_transfer.documentation as aliased
+
     import metatrain_pet_transfer.documentation as real
 
     assert aliased is real
@@ -91,8 +95,9 @@ def test_never_shadows_real_modules_and_serves_any_declared_name(tmp_path):
     )
     info = site / "other_arch-1.0.dist-info"
     info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: other-arch\n"
-                                   "Version: 1.0\n")
+    (info / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: other-arch\nVersion: 1.0\n"
+    )
     (info / "entry_points.txt").write_text(
         "[metatrain.architectures]\npet = other_arch\nother_arch = other_arch\n"
     )

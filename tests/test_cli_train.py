@@ -50,8 +50,14 @@ def test_train_export_eval_restart(workdir):
     # --restart continues the same run with this architecture's trainer
     restarted = run_mtt(
         [
-            "train", "options.yaml", "-o", "restarted.pt", "--restart", "model.ckpt",
-            "-r", "architecture.training.num_epochs=4",
+            "train",
+            "options.yaml",
+            "-o",
+            "restarted.pt",
+            "--restart",
+            "model.ckpt",
+            "-r",
+            "architecture.training.num_epochs=4",
         ],
         cwd=workdir,
     )

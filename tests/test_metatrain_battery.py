@@ -6,10 +6,8 @@ metatrain's source tree, which the wheel does not ship.
 
 import os
 import shutil
-from pathlib import Path
 
 import pytest
-
 from metatrain.utils.testing import (
     ArchitectureTests,
     AutogradTests,
@@ -108,7 +106,9 @@ class TestCheckpoints(CheckpointTests, PETTransferTests):
     @pytest.mark.parametrize("context", ["restart", "finetune", "export"])
     def test_loading_old_checkpoints(self, default_hypers, model_trainer, context):
         if not PET_HISTORY.is_dir():
-            pytest.skip(f"metatrain's historical PET checkpoints not found at "
-                        f"{PET_HISTORY} (they live in ../shared, not in the package)")
+            pytest.skip(
+                f"metatrain's historical PET checkpoints not found at "
+                f"{PET_HISTORY} (they live in ../shared, not in the package)"
+            )
         assert len(os.listdir("checkpoints")) > 30
         super().test_loading_old_checkpoints(default_hypers, model_trainer, context)

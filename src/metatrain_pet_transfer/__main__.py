@@ -1,4 +1,4 @@
-"""``python -m metatrain_pet_transfer ...``: ``mtt`` for interpreters that skip ``.pth``.
+"""``python -m metatrain_pet_transfer``: ``mtt`` for interpreters that skip ``.pth``.
 
 Some clusters and ``python -S`` ignore the ``.pth`` file that installs the
 entry-point bridge at start-up. This launcher installs the bridge explicitly, then

@@ -31,8 +31,6 @@ from typing import Dict, List, Optional, Union
 import metatensor.torch as mts
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
-
 from metatrain.utils.data import CollateFn, Dataset, TargetInfo, unpack_batch
 from metatrain.utils.evaluate_model import evaluate_model
 from metatrain.utils.metrics import MAEAccumulator, RMSEAccumulator
@@ -42,6 +40,7 @@ from metatrain.utils.neighbor_lists import (
 )
 from metatrain.utils.per_atom import average_by_num_atoms
 from metatrain.utils.transfer import batch_to
+from torch.utils.data import DataLoader
 
 
 logger = logging.getLogger(__name__)
@@ -195,7 +194,9 @@ def _predict(
             labels.append(targets[target].block().values.detach().cpu().double())
             predicted.append(prediction.block().values.detach().cpu().double())
     if not counts:
-        return _Predictions([], np.zeros((0, len(type_index))), np.zeros(0), np.zeros(0))
+        return _Predictions(
+            [], np.zeros((0, len(type_index))), np.zeros(0), np.zeros(0)
+        )
     return _Predictions(
         batches,
         np.array(counts),
@@ -261,6 +262,22 @@ def _composition_weights(model, target: str) -> Dict[int, float]:
         int(t): float(w)
         for t, w in zip(model.atomic_types, weights.reshape(-1).tolist(), strict=True)
     }
+
+
+def _set_composition_weights(model, target: str, weights: Dict[int, float]) -> None:
+    composition = model.additive_models[0]
+    tensor_map = composition.model.weights[target]
+    values = tensor_map.block().values
+    values[:] = torch.tensor(
+        [weights[t] for t in model.atomic_types], dtype=values.dtype
+    ).reshape(values.shape)
+    # the buffer is what checkpoints store; keep it in sync, as metatrain's fit does
+    composition.register_buffer(
+        f"{target}_composition_buffer",
+        mts.save_buffer(mts.make_contiguous(tensor_map.to("cpu", torch.float64))).to(
+            composition.dummy_buffer.device
+        ),
+    )
 
 
 def _scale(model, target: str) -> float:
@@ -338,7 +355,9 @@ def align(
                 source=source,
                 is_new=target != source,
                 composition=composition,
-                shift={t: float(s) for t, s in zip(model.atomic_types, shift)},
+                shift={
+                    t: float(s) for t, s in zip(model.atomic_types, shift, strict=True)
+                },
                 zero_shot={
                     split: _zero_shot_metrics(
                         predictions, shift, target, hypers["per_structure_targets"]
@@ -347,8 +366,9 @@ def align(
                 },
             )
             results.append(result)
-            hypers["atomic_baseline"][target] = composition
             if result.is_new:
+                # metatrain's composition trainer takes these as fixed weights
+                hypers["atomic_baseline"][target] = composition
                 finetune.setdefault("inherit_heads", {})[target] = source
                 if hypers["scale_targets"] and not isinstance(
                     hypers["fixed_scaling_weights"], str
@@ -357,9 +377,8 @@ def align(
                         target, _scale(model, source)
                     )
             else:
-                # native metatrain keeps the checkpoint's weights for an existing
-                # target: mark it for fitting, with the residual-based weights
-                model.additive_models[0]._new_outputs.append(target)
+                # metatrain only fits new targets: set the existing one directly
+                _set_composition_weights(model, target, composition)
             _log(result, train)
     finally:
         model.train(was_training)
@@ -372,7 +391,8 @@ def _log(result: AlignedTarget, train: _Predictions) -> None:
     mean_shift = float(np.mean(np.abs(per_atom)))
     if result.is_new:
         logger.info(
-            f"Alignment: '{result.target}' starts from the pretrained '{result.source}' "
+            f"Alignment: '{result.target}' starts from the pretrained "
+            f"'{result.source}' "
             f"head plus a per-element shift (mean |shift| {mean_shift:.4g} eV/atom)"
         )
     else:

@@ -68,9 +68,10 @@ def load_checkpoint_safely(path: Union[str, Path]) -> Dict[str, Any]:
                 "never contains, so loading it could run code: refusing to load it. "
                 f"Details: {_first_unsafe_line(message)}"
             ) from error
+        first_line = message.splitlines()[0] if message else type(error).__name__
         raise CheckpointError(
-            f"checkpoint file '{path}' could not be read ({type(error).__name__}: "
-            f"{message.splitlines()[0] if message else ''}); it may be truncated"
+            f"checkpoint file '{path}' is damaged or truncated (torch could not read "
+            f"it: {first_line})"
         ) from error
     if not isinstance(checkpoint, dict) or "architecture_name" not in checkpoint:
         raise CheckpointError(

@@ -16,11 +16,10 @@ any differing value stops the run with the list of differing keys.
 
 from typing import Annotated, Optional
 
-from pydantic import AfterValidator
-
 from metatrain.pet.documentation import ModelHypers as PETModelHypers
 from metatrain.pet.documentation import TrainerHypers as PETTrainerHypers
 from metatrain.pet.modules.finetuning import FinetuneHypers, NoFinetuneHypers
+from pydantic import AfterValidator
 
 
 def _check_read_from(finetune: dict) -> dict:

@@ -2,8 +2,12 @@
 
 from typing import Any, Dict, Literal, Optional
 
-from metatomic.torch import AtomisticModel, ModelCapabilities, ModelMetadata, ModelOutput
-
+from metatomic.torch import (
+    AtomisticModel,
+    ModelCapabilities,
+    ModelMetadata,
+    ModelOutput,
+)
 from metatrain.pet import PET
 
 from .energy_levels import EnergyVariants, energy_variant_aliases

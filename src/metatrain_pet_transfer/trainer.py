@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import List, Union
 
 import torch
-
 from metatrain.pet import Trainer as PETTrainer
 from metatrain.utils.abc import ModelInterface
 from metatrain.utils.data import Dataset
