@@ -13,6 +13,7 @@ from metatrain.utils.io import check_file_extension
 
 from .alignment import align
 from .model import PETTransfer
+from .preflight import check_run_inputs
 
 
 class Trainer(PETTrainer):
@@ -34,6 +35,9 @@ class Trainer(PETTrainer):
         checkpoint_dir: str,
     ) -> None:
         model = PETTransfer.adopt(model)
+        check_run_inputs(
+            model, self.hypers, train_datasets, val_datasets, checkpoint_dir
+        )
         is_finetune = self.hypers["finetune"]["read_from"] is not None
         # a restarted run has its optimizer state, and its start was aligned already
         if is_finetune and self.optimizer_state_dict is None:
