@@ -59,10 +59,20 @@ def python_launcher():
     PYTHONPATH, so no ``.pth`` file is read and the launcher must install the bridge."""
     import sysconfig
 
-    site_packages = sysconfig.get_paths()["purelib"]
+    import _metatrain_pet_transfer_bridge
+    import metatrain_pet_transfer
+
+    # site-packages, plus where the two modules live (src/ for an editable install)
+    paths = [sysconfig.get_paths()["purelib"]] + [
+        str(Path(module.__file__).resolve().parents[level])
+        for module, level in [
+            (metatrain_pet_transfer, 1),
+            (_metatrain_pet_transfer_bridge, 0),
+        ]
+    ]
     return (
         "env",
-        f"PYTHONPATH={site_packages}",
+        f"PYTHONPATH={os.pathsep.join(dict.fromkeys(paths))}",
         sys.executable,
         "-S",
         "-m",

@@ -14,12 +14,31 @@ or repeat the checkpoint's values (``mtt-transfer inspect CHECKPOINT`` prints th
 any differing value stops the run with the list of differing keys.
 """
 
-from typing import Annotated, Optional
+from typing import Annotated, Optional, get_args
 
 from metatrain.pet.documentation import ModelHypers as PETModelHypers
 from metatrain.pet.documentation import TrainerHypers as PETTrainerHypers
 from metatrain.pet.modules.finetuning import FinetuneHypers, NoFinetuneHypers
-from pydantic import AfterValidator
+from pydantic import AfterValidator, BeforeValidator, Field
+
+
+#: the ``finetune.method`` values metatrain's PET knows (``full``, ``lora``, ``heads``)
+FINETUNE_METHODS = tuple(
+    get_args(method.__annotations__["method"])[0] for method in get_args(FinetuneHypers)
+)
+
+
+def _check_method(finetune):
+    # Runs before pydantic tries each method's schema, which would report one error
+    # per schema ("Input should be 'full'", "Field required", ...) for a typo
+    if isinstance(finetune, dict) and finetune.get("read_from") is not None:
+        method = finetune.get("method", "full")
+        if method not in FINETUNE_METHODS:
+            raise ValueError(
+                f"training.finetune.method: unknown method {method!r}; use one of "
+                + ", ".join(repr(m) for m in FINETUNE_METHODS)
+            )
+    return finetune
 
 
 def _check_read_from(finetune: dict) -> dict:
@@ -44,8 +63,26 @@ class TrainerHypers(PETTrainerHypers):
     """Hyperparameters for transferring a PET model: PET's trainer options, plus the
     transfer options below."""
 
+    # PET's options with the bounds they need (PET takes any number: a negative
+    # epoch count trains nothing and exits 0, a zero interval fails after the first
+    # epoch); defaults and meaning are PET's
+    batch_size: Annotated[int, Field(ge=1)] = PETTrainerHypers.batch_size
+    """The number of structures in each batch."""
+    num_epochs: Annotated[int, Field(ge=0)] = PETTrainerHypers.num_epochs
+    """Number of epochs. ``0`` trains nothing and exports the aligned start."""
+    learning_rate: Annotated[float, Field(gt=0)] = PETTrainerHypers.learning_rate
+    """Learning rate."""
+    log_interval: Annotated[int, Field(ge=1)] = PETTrainerHypers.log_interval
+    """Interval, in epochs, to log metrics."""
+    checkpoint_interval: Annotated[int, Field(ge=1)] = (
+        PETTrainerHypers.checkpoint_interval
+    )
+    """Interval, in epochs, to save checkpoints."""
+
     finetune: Annotated[
-        NoFinetuneHypers | FinetuneHypers, AfterValidator(_check_read_from)
+        NoFinetuneHypers | FinetuneHypers,
+        BeforeValidator(_check_method),
+        AfterValidator(_check_read_from),
     ] = {
         "read_from": None,
         "method": "full",

@@ -1,6 +1,70 @@
-"""Checks of a run's inputs before any training step (filled in by the reliability work)."""
+"""Checks of a run's inputs, before any training step.
 
-from typing import List
+``mtt train`` reads the data, splits it, loads the checkpoint and then calls the
+trainer. Some inputs that cannot give a valid training pass all of that: metatrain
+drops a gradient it cannot read with one warning line ("No forces found in section
+...") and trains without it, trains with an empty validation set, and lets NaN or
+infinite labels reach the loss. The trainer calls :func:`check_run_inputs` first; it
+compares what the options asked for (``options_restart.yaml``, the fully expanded
+options that ``mtt train`` writes in the checkpoint folder before calling the trainer,
+defaults included) with the data the run would train on, and stops the run with one
+message that lists every problem, each naming the option, file and structures at
+fault and what to do.
+
+The checks themselves live in :mod:`.gradient_requests` (requested forces, stress and
+virial) and :mod:`.label_checks` (the labels, structure by structure).
+"""
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+import torch
+
+from .energy_levels import energy_variant_name
+from .gradient_requests import check_requested_gradients
+from .label_checks import check_labels
+
+
+logger = logging.getLogger(__name__)
+
+
+class RunInputError(ValueError):
+    """Inputs that cannot give a valid training: every problem, with what to do."""
+
+
+@dataclass
+class DatasetSection:
+    """The datasets read with one section of the options (one file, usually)."""
+
+    option: str
+    """where the section is in the options: ``training_set``, ``validation_set``,
+    ``training_set[1]``, ..."""
+    options: Optional[dict]
+    """its expanded ``systems``/``targets`` options (``None`` when the run has no
+    ``options_restart.yaml``)"""
+    datasets: Dict[str, List] = field(default_factory=dict)
+    """``{"training"|"validation": [datasets]}`` taken from the section"""
+
+    @property
+    def filename(self) -> str:
+        if self.options is None:
+            return f"the {self.option}"
+        return str(self.options["systems"]["read_from"])
+
+    def structures(self):
+        """Every ``(dataset, index in dataset)`` of the section."""
+        for datasets in self.datasets.values():
+            for dataset in datasets:
+                for k in range(len(dataset)):
+                    yield dataset, k
+
+    def first_sample(self):
+        """The first structure of the section, or ``None`` if it has none."""
+        for dataset, k in self.structures():
+            return dataset[k]
+        return None
 
 
 def check_run_inputs(
@@ -9,4 +73,165 @@ def check_run_inputs(
     """Stop the run with one clear message if its inputs cannot give a valid training.
 
     Called by the trainer before alignment and before the first step.
+
+    :param model: the model after ``restart`` (pretrained and new targets)
+    :param hypers: the trainer hypers
+    :param train_datasets: training datasets of this run
+    :param val_datasets: validation datasets of this run
+    :param checkpoint_dir: the run's checkpoint folder, where ``mtt train`` wrote
+        ``options_restart.yaml``
+    :raises RunInputError: listing every problem found
     """
+    options = _read_expanded_options(checkpoint_dir)
+    sections = _sections(options, train_datasets, val_datasets)
+
+    problems = _check_splits(options, train_datasets, val_datasets, sections)
+    problems += _guarded(_check_exported_names, model, train_datasets)
+    files: Dict[str, object] = {}  # frames read again to explain a problem
+    for section in sections:
+        if section.first_sample() is None:
+            continue
+        if section.options is not None:
+            problems += _guarded(check_requested_gradients, section, files)
+        problems += _guarded(check_labels, section, model)
+
+    problems = _unique(problems)
+    if problems:
+        listed = "\n".join(f"- {problem}" for problem in problems)
+        count = "1 problem" if len(problems) == 1 else f"{len(problems)} problems"
+        raise RunInputError(
+            f"{count} in the inputs of this run, found before any training step "
+            f"(nothing was trained, no existing file was changed):\n{listed}"
+        )
+    n_train = sum(len(d) for d in train_datasets)
+    n_val = sum(len(d) for d in val_datasets)
+    logger.info(
+        f"Run inputs checked: {n_train} training and {n_val} validation structures"
+    )
+
+
+def _guarded(check: Callable[..., List[str]], *args) -> List[str]:
+    # a check that fails on inputs it did not foresee must not stop a training
+    # that metatrain would run: it is skipped, and said so
+    try:
+        return check(*args)
+    except Exception as error:
+        logger.warning(
+            f"pet_transfer could not run its input check {check.__name__} "
+            f"({type(error).__name__}: {error}); the run goes on without it"
+        )
+        return []
+
+
+def _read_expanded_options(checkpoint_dir: str) -> Optional[dict]:
+    path = Path(checkpoint_dir) / "options_restart.yaml"
+    if not path.is_file():
+        # the trainer was called from Python, not by `mtt train`: check the data only
+        return None
+    import yaml
+
+    return yaml.safe_load(path.read_text())
+
+
+def _sections(
+    options: Optional[dict], train_datasets: List, val_datasets: List
+) -> List[DatasetSection]:
+    """Group the datasets by the options section they were read with, as ``mtt
+    train`` built them: a validation fraction comes from the training files."""
+    if options is None:
+        return [
+            DatasetSection("training set", None, {"training": train_datasets}),
+            DatasetSection("validation set", None, {"validation": val_datasets}),
+        ]
+
+    training = options["training_set"]
+    validation = options.get("validation_set")
+
+    def name(base: str, index: int, count: int) -> str:
+        return base if count == 1 else f"{base}[{index}]"
+
+    sections = [
+        DatasetSection(name("training_set", i, len(training)), conf, {"training": []})
+        for i, conf in enumerate(training)
+    ]
+    for section, dataset in zip(sections, train_datasets, strict=False):
+        section.datasets["training"].append(dataset)
+    for i, dataset in enumerate(val_datasets):
+        if isinstance(validation, list):  # validation files
+            option = name("validation_set", i, len(validation))
+            sections.append(
+                DatasetSection(option, validation[i], {"validation": [dataset]})
+            )
+        else:  # a fraction, or indices, of the training files
+            section = sections[min(i, len(sections) - 1)]
+            section.datasets.setdefault("validation", []).append(dataset)
+    return sections
+
+
+def _check_splits(
+    options: Optional[dict],
+    train_datasets: List,
+    val_datasets: List,
+    sections: List[DatasetSection],
+) -> List[str]:
+    problems = []
+    for section in sections:
+        for dataset in section.datasets.get("training", []):
+            if len(dataset) == 0:
+                problems.append(
+                    f"{section.option}: no structure of '{section.filename}' is left "
+                    "for training; check the file, its `indices`, and the "
+                    "validation_set and test_set fractions"
+                )
+    if sum(len(d) for d in val_datasets) == 0:
+        fraction = None if options is None else options.get("validation_set")
+        if isinstance(fraction, (int, float)) and train_datasets:
+            total = _root_length(train_datasets[0])
+            detail = (
+                f"validation_set: {fraction} of the {total} structures of "
+                f"'{sections[0].filename}' is less than one structure, so the "
+                "validation set is empty"
+            )
+            fix = f"Use a fraction above 1/{total}, or a validation file"
+        else:
+            detail = "validation_set: the validation set has no structure"
+            fix = "Give it at least one structure"
+        problems.append(
+            f"{detail}. PET keeps the weights of the epoch with the lowest "
+            "validation error: without validation structures it would export the "
+            f"first epoch's weights. {fix}"
+        )
+    return problems
+
+
+def _check_exported_names(model, train_datasets: List) -> List[str]:
+    """Two energy targets that the exported model would serve under one name."""
+    trained = set()
+    for dataset in train_datasets:
+        if len(dataset) > 0:
+            trained.update(dataset[0]._asdict().keys())
+    served: Dict[str, List[str]] = {}
+    for name, info in model.dataset_info.targets.items():
+        if name in trained and info.quantity == "energy":
+            served.setdefault(energy_variant_name(name) or name, []).append(name)
+    problems = []
+    for exported, names in served.items():
+        if len(names) > 1:
+            listed = " and ".join(f"'{n}'" for n in names)
+            problems.append(
+                f"training_set.targets: {listed} are the same energy target for "
+                f"simulation engines (both '{exported}', the name ASE's "
+                "MetatomicCalculator and LAMMPS select): keep one of them, or rename "
+                "one to another level of theory"
+            )
+    return problems
+
+
+def _root_length(dataset) -> int:
+    while isinstance(dataset, torch.utils.data.Subset):
+        dataset = dataset.dataset
+    return len(dataset)
+
+
+def _unique(items: List[str]) -> List[str]:
+    return list(dict.fromkeys(items))

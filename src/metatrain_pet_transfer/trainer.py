@@ -2,6 +2,8 @@
 
 import copy
 import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import List, Union
 
@@ -25,6 +27,10 @@ class Trainer(PETTrainer):
     name.
     """
 
+    #: subfolder of the checkpoint folder for the composition and scaler fits
+    FITS_FOLDER = "fits"
+    _epoch_checkpoint_dir = None  # where the epoch checkpoints go, set by `train`
+
     def train(
         self,
         model: ModelInterface,
@@ -44,28 +50,51 @@ class Trainer(PETTrainer):
             self.hypers, self.aligned_targets = align(
                 model, self.hypers, train_datasets, val_datasets, dtype
             )
+        # PET's composition and scaler fits save `composition_model.ckpt` and
+        # `scaler.ckpt` in the folder they are given, before the first epoch. `mtt
+        # train --restart auto` takes the newest `outputs/*/*/*.ckpt`: a run killed
+        # during its first epoch would "resume" from one of them, and fail. They go
+        # one folder down; `save_checkpoint` brings the epoch checkpoints back up.
+        self._epoch_checkpoint_dir = Path(checkpoint_dir)
+        fits = self._epoch_checkpoint_dir / self.FITS_FOLDER
+        fits.mkdir(parents=True, exist_ok=True)
         super().train(
             model=model,
             dtype=dtype,
             devices=devices,
             train_datasets=train_datasets,
             val_datasets=val_datasets,
-            checkpoint_dir=checkpoint_dir,
+            checkpoint_dir=str(fits),
         )
 
     def save_checkpoint(self, model: ModelInterface, path: Union[str, Path]) -> None:
-        """Write the checkpoint to a temporary file, then rename it over ``path``.
+        """Write the checkpoint in a hidden temporary folder beside ``path``, then
+        rename it over ``path``.
 
         A run killed while saving leaves the previous file intact, never a
-        truncated one under the final name.
+        truncated one under the final name. What it may leave is the folder
+        ``.<name>.<random>.tmp/``: not a ``.ckpt`` file, so ``mtt train --restart
+        auto`` (which takes the newest ``outputs/*/*/*.ckpt``, dot-files included)
+        never picks it up. Safe to delete.
         """
         path = Path(check_file_extension(path, ".ckpt"))
+        if self._epoch_checkpoint_dir is not None and path.parent == (
+            self._epoch_checkpoint_dir / self.FITS_FOLDER
+        ):
+            path = self._epoch_checkpoint_dir / path.name  # see `train`
         if self.best_model_state_dict is None:
             # `num_epochs: 0` ran no epoch: the aligned start is the model to export
             self.best_model_state_dict = copy.deepcopy(model.state_dict())
-        temporary = path.with_name(f".{path.stem}.{os.getpid()}.tmp.ckpt")
+        folder = Path(
+            tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        )
+        # metatrain's save appends `.ckpt` to any other name: keep the final name,
+        # one folder down
+        temporary = folder / path.name
         try:
             super().save_checkpoint(PETTransfer.adopt(model), temporary)
+            with open(temporary, "rb") as file:
+                os.fsync(file.fileno())  # the data is on disk before the rename
             os.replace(temporary, path)
         finally:
-            temporary.unlink(missing_ok=True)
+            shutil.rmtree(folder, ignore_errors=True)
