@@ -11,11 +11,11 @@ import os
 import sys
 from typing import List, Optional
 
-from . import inspect_checkpoint
+from . import demo, inspect_checkpoint, report
 
 
 #: modules providing the subcommands, in the order ``--help`` lists them
-SUBCOMMANDS = (inspect_checkpoint,)
+SUBCOMMANDS = (demo, inspect_checkpoint, report)
 
 
 def build_parser() -> argparse.ArgumentParser:

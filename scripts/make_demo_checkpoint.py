@@ -1,0 +1,313 @@
+"""Build the files of ``mtt-transfer demo`` from ``../shared/data`` (provenance).
+
+Writes into ``src/metatrain_pet_transfer/demo_data/``:
+
+- ``pbe0_train.xyz``: PBE0/def2-SVP frames the demo transfers to (2 per molecule),
+- ``pbe0_test.xyz``: held-out PBE0 frames of the same 26 molecules (3 per molecule,
+  other frames of the same MD trajectories; no frame is in both files),
+- ``pretrained_xtb.ckpt``: a small PET (``name: pet``) pre-trained with ``mtt train`` on
+  GFN2-xTB energies and forces of MD frames; no geometry of the two PBE0 files is in
+  its training data (excluded through ``pretrain_index``),
+- ``README.md``: this provenance, with the pre-training test errors of the run.
+
+The selection is seeded and fixed; the pre-training is seeded too (run-to-run
+differences come only from floating-point reduction order). About 15-20 minutes on one
+core. Run from the repository root, in the project's environment:
+
+    OMP_NUM_THREADS=1 python scripts/make_demo_checkpoint.py
+
+The run folder (options, data subset, metatrain's logs) is kept in ``--workdir``.
+"""
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import ase.io
+import numpy as np
+import torch
+import yaml
+
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+DEMO_DATA = ROOT / "src" / "metatrain_pet_transfer" / "demo_data"
+
+SEED = 0
+TRAIN_PER_MOLECULE = 2
+TEST_PER_MOLECULE = 3
+#: GFN2-xTB frames the small PET is pre-trained on (MD and mild rattles only)
+N_PRETRAIN = 1200
+#: rattled frames with this displacement or more are left out (forces to 62 eV/A)
+HARSH_RATTLE = 0.08
+
+PRETRAIN_HYPERS = {
+    "cutoff": 4.5,
+    "d_pet": 32,
+    "d_head": 32,
+    "d_node": 64,
+    "d_feedforward": 64,
+    "num_heads": 2,
+    "num_attention_layers": 1,
+    "num_gnn_layers": 2,
+}
+PRETRAIN_TRAINING = {
+    "batch_size": 32,
+    "num_epochs": 90,
+    "learning_rate": 0.002,
+    "log_interval": 5,
+    "checkpoint_interval": 1000,
+    "num_workers": 0,
+}
+
+
+def split_pbe0(frames):
+    """Per molecule, shuffled MD frames: the first ones train, the next ones test."""
+    rng = np.random.default_rng(SEED)
+    by_molecule = defaultdict(list)
+    for frame in frames:
+        if frame.info["source"] == "md":
+            by_molecule[frame.info["mol"]].append(frame)
+    train, test = [], []
+    for molecule in sorted(by_molecule):
+        group = by_molecule[molecule]
+        order = rng.permutation(len(group))
+        chosen = [group[i] for i in order[: TRAIN_PER_MOLECULE + TEST_PER_MOLECULE]]
+        train += chosen[:TRAIN_PER_MOLECULE]
+        test += chosen[TRAIN_PER_MOLECULE:]
+    return train, test
+
+
+def slim_pbe0(frame):
+    """Keep only the PBE0 labels and the provenance keys."""
+    atoms = frame.copy()
+    atoms.calc = None
+    atoms.info = {
+        "mol": frame.info["mol"],
+        "energy_pbe0": float(frame.info["energy_pbe0"]),
+        "pretrain_index": int(frame.info["pretrain_index"]),
+    }
+    for key in list(atoms.arrays):
+        if key not in ("numbers", "positions"):
+            del atoms.arrays[key]
+    atoms.arrays["forces_pbe0"] = frame.arrays["forces_pbe0"].copy()
+    return atoms
+
+
+def pretraining_frames(xtb, excluded):
+    rng = np.random.default_rng(SEED)
+    candidates = [
+        i
+        for i, frame in enumerate(xtb)
+        if i not in excluded
+        and (
+            frame.info["source"] == "md"
+            or float(frame.info.get("rattle_sigma", 1.0)) < HARSH_RATTLE
+        )
+    ]
+    chosen = np.sort(rng.choice(candidates, size=N_PRETRAIN, replace=False))
+    return [xtb[i] for i in chosen], len(candidates)
+
+
+def slim_checkpoint(source: Path, target: Path) -> None:
+    """Keep what a transfer reads (the best model); drop the optimizer states.
+
+    ``training.finetune.read_from`` only uses the best model's weights, so the
+    shipped file is a third of metatrain's (``--restart`` from it is not possible)."""
+    import metatomic.torch  # noqa: F401 (TorchScript classes in the checkpoint)
+
+    checkpoint = torch.load(source, weights_only=False, map_location="cpu")
+    checkpoint["model_state_dict"] = checkpoint["best_model_state_dict"]
+    checkpoint["optimizer_state_dict"] = None
+    checkpoint["best_optimizer_state_dict"] = None
+    checkpoint["scheduler_state_dict"] = None
+    torch.save(checkpoint, target)
+
+
+def test_errors(log: str) -> list:
+    """The lines of the final test-set evaluation in metatrain's log."""
+    lines = log.splitlines()
+    for i, line in enumerate(lines):
+        if "Evaluating test dataset" in line:
+            return [
+                re.sub(r"^\[[^\]]*\]\[[A-Z]+\] - ", "", text).strip()
+                for text in lines[i + 1 :]
+                if "MAE" in text or "RMSE" in text
+            ]
+    return []
+
+
+README = """\
+# Data of `mtt-transfer demo`
+
+Generated by `scripts/make_demo_checkpoint.py` (seeded, fixed selection) from the
+project's shared datasets (`shared/data/README.md`): 26 closed-shell H/C/N/O molecules
+(3-12 atoms) from ASE's g2 set, GFN2-xTB Langevin MD at 500-800 K, relabelled with
+PySCF PBE0/def2-SVP. Units: eV, eV/A, A.
+
+| file | content |
+|---|---|
+| `pbe0_train.xyz` | {n_train} PBE0/def2-SVP MD frames, {train_per} per molecule: the transfer data |
+| `pbe0_test.xyz` | {n_test} held-out PBE0/def2-SVP MD frames, {test_per} per molecule: the same 26 molecules, other frames (no frame in both files) |
+| `pretrained_xtb.ckpt` | a small PET (`name: pet`, {n_params} parameters) pre-trained on GFN2-xTB |
+
+Selection: per molecule, the MD frames of `pbe0.xyz` are shuffled with seed 0;
+the first 2 go to `pbe0_train.xyz`, the next 3 to `pbe0_test.xyz` (the rattled
+frames of `pbe0.xyz` are not used).
+
+Keys: `energy_pbe0` (total energy, eV, `atoms.info`), `forces_pbe0` (eV/A,
+`atoms.arrays`), `mol` (molecule), `pretrain_index` (row of the geometry in
+`shared/data/pretrain_xtb.xyz`).
+
+## The pretrained checkpoint
+
+`mtt train` (metatrain {metatrain_version}, `name: pet`) with the options below on
+{n_pretrain} GFN2-xTB frames (target `energy` from `energy_xtb`/`forces_xtb`), drawn
+with seed {seed} from the {n_candidates} MD and mildly rattled (sigma < {harsh} A)
+frames of `pretrain_xtb.xyz` whose geometry is in neither PBE0 file; harsher rattles
+are left out. {wall_time}
+
+```yaml
+{options}
+```
+
+Errors on the {n_pretrain_test} xTB frames of metatrain's test split
+(`test_set: 0.1`), as `mtt train` reports them:
+
+```
+{errors}
+```
+
+For orientation: on these geometries PBE0 and GFN2-xTB forces differ by ~320 meV/A
+MAE, the gap the demo's transfer closes.
+
+The shipped file keeps the best model's weights only (optimizer states dropped): it
+is meant for `training.finetune.read_from`, not for `mtt train --restart`.
+"""  # noqa: E501
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=ROOT / "build" / "demo-pretraining",
+        help="folder of the pre-training run (default: build/demo-pretraining)",
+    )
+    parser.add_argument(
+        "--data-only",
+        action="store_true",
+        help="only write the PBE0 files (no pre-training)",
+    )
+    args = parser.parse_args()
+
+    DEMO_DATA.mkdir(parents=True, exist_ok=True)
+    pbe0 = ase.io.read(SHARED / "pbe0.xyz", ":")
+    train, test = split_pbe0(pbe0)
+    ase.io.write(DEMO_DATA / "pbe0_train.xyz", [slim_pbe0(f) for f in train])
+    ase.io.write(DEMO_DATA / "pbe0_test.xyz", [slim_pbe0(f) for f in test])
+    print(f"wrote {len(train)} training and {len(test)} test PBE0 frames")
+    if args.data_only:
+        return 0
+
+    xtb = ase.io.read(SHARED / "pretrain_xtb.xyz", ":")
+    excluded = {int(f.info["pretrain_index"]) for f in train + test}
+    frames, n_candidates = pretraining_frames(xtb, excluded)
+
+    workdir = args.workdir
+    if workdir.exists():
+        shutil.rmtree(workdir)
+    workdir.mkdir(parents=True)
+    ase.io.write(workdir / "xtb.xyz", frames)
+    options = {
+        "seed": SEED,
+        "architecture": {
+            "name": "pet",
+            "model": PRETRAIN_HYPERS,
+            "training": PRETRAIN_TRAINING,
+        },
+        "training_set": {
+            "systems": {"read_from": "xtb.xyz", "length_unit": "angstrom"},
+            "targets": {
+                "energy": {
+                    "key": "energy_xtb",
+                    "unit": "eV",
+                    "forces": {"key": "forces_xtb"},
+                    "stress": False,
+                }
+            },
+        },
+        "validation_set": 0.05,
+        "test_set": 0.1,
+    }
+    options_text = yaml.safe_dump(options, sort_keys=False)
+    (workdir / "pretrain.yaml").write_text(options_text)
+
+    mtt = Path(sys.executable).parent / "mtt"
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", "1")
+    import time
+
+    start = time.perf_counter()
+    log_lines = []
+    with subprocess.Popen(
+        [str(mtt), "train", "pretrain.yaml", "-o", "pretrained.pt"],
+        cwd=workdir,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    ) as process:
+        for line in process.stdout:
+            print(line, end="", flush=True)
+            log_lines.append(line)
+    elapsed = time.perf_counter() - start
+    if process.returncode != 0:
+        print(f"mtt train failed ({process.returncode})", file=sys.stderr)
+        return 1
+
+    slim_checkpoint(workdir / "pretrained.ckpt", DEMO_DATA / "pretrained_xtb.ckpt")
+    checkpoint = torch.load(
+        DEMO_DATA / "pretrained_xtb.ckpt", weights_only=False, map_location="cpu"
+    )
+    n_params = sum(
+        v.numel()
+        for k, v in checkpoint["best_model_state_dict"].items()
+        if isinstance(v, torch.Tensor)
+        and v.is_floating_point()
+        and not k.startswith(("additive_models", "scaler"))
+    )
+    from metatrain import __version__ as metatrain_version
+
+    threads = env["OMP_NUM_THREADS"]
+    (DEMO_DATA / "README.md").write_text(
+        README.format(
+            n_train=len(train),
+            n_test=len(test),
+            train_per=TRAIN_PER_MOLECULE,
+            test_per=TEST_PER_MOLECULE,
+            n_params=f"{n_params:,}",
+            metatrain_version=metatrain_version,
+            n_pretrain=N_PRETRAIN,
+            seed=SEED,
+            n_candidates=n_candidates,
+            harsh=HARSH_RATTLE,
+            wall_time=f"Wall time: {elapsed / 60:.0f} min with OMP_NUM_THREADS="
+            f"{threads} on the machine that made it.",
+            options=options_text.strip(),
+            n_pretrain_test=round(0.1 * N_PRETRAIN),
+            errors="\n".join(test_errors("".join(log_lines))) or "(not found)",
+        )
+    )
+    size = (DEMO_DATA / "pretrained_xtb.ckpt").stat().st_size
+    print(f"wrote {DEMO_DATA / 'pretrained_xtb.ckpt'} ({size / 1e6:.2f} MB)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

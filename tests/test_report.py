@@ -1,0 +1,134 @@
+"""``mtt-transfer report``: plots and summary of a finished run, clear errors."""
+
+import shutil
+
+import pytest
+
+from conftest import run_mtt, transfer_options, write_yaml
+from metatrain_pet_transfer.cli import main
+from metatrain_pet_transfer.report import zero_shot_metrics
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def is_png(path):
+    return path.is_file() and path.read_bytes()[:8] == PNG_SIGNATURE
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, pretrained_checkpoint):
+    """A folder where ``mtt train`` transferred the tiny PET for 2 epochs."""
+    from conftest import DATA
+
+    folder = tmp_path_factory.mktemp("finished-run")
+    shutil.copy(DATA / "pbe0_small.xyz", folder / "pbe0_small.xyz")
+    shutil.copy(pretrained_checkpoint, folder / "pretrained.ckpt")
+    write_yaml(folder / "options.yaml", transfer_options(epochs=2))
+    run_mtt(["train", "options.yaml", "-o", "model.pt"], cwd=folder)
+    return folder
+
+
+def test_report_of_a_run_folder(capsys, finished_run, tmp_path):
+    out = tmp_path / "report"
+    assert main(["report", str(finished_run), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "mtt::energy_pbe0" in printed and "meV/Å" in printed
+
+    assert is_png(out / "parity.png")
+    assert is_png(out / "learning_curve.png")
+    summary = (out / "summary.md").read_text()
+    # the test split saved by metatrain (test_set: 0.1) is what is compared
+    assert "test split of `pbe0_small.xyz`" in summary
+    assert "| mtt::energy_pbe0 | model |" in summary
+    assert "Zero-shot validation errors" in summary
+    assert "validation mtt::energy_pbe0 MAE (per atom)" in summary
+
+
+def test_report_of_an_outputs_folder_with_data_and_before(capsys, finished_run):
+    outputs = sorted(finished_run.glob("outputs/*/*"))[-1]
+    out = outputs / "my-report"
+    args = ["report", str(outputs), "--out", str(out)]
+    args += ["--data", str(finished_run / "pbe0_small.xyz")]
+    args += ["--before", str(finished_run / "model.pt")]
+    assert main(args) == 0
+    summary = (out / "summary.md").read_text()
+    assert "`pbe0_small.xyz` (40 structures)" in summary
+    assert "| mtt::energy_pbe0 | before |" in summary
+    assert "| mtt::energy_pbe0 | after |" in summary
+    assert is_png(out / "parity.png")
+
+
+def test_default_report_folder_is_inside_the_run(finished_run):
+    assert main(["report", str(finished_run)]) == 0
+    assert (finished_run / "report" / "summary.md").is_file()
+
+
+def test_zero_shot_line_names_match_train_csv(finished_run):
+    from metatrain_pet_transfer.report import find_run, read_train_csv, zero_shot_lines
+
+    run = find_run(finished_run)
+    columns, _, _ = read_train_csv(run.train_csv)
+    metrics = zero_shot_metrics(zero_shot_lines(run.train_log))
+    assert metrics
+    for name in metrics:
+        assert f"validation {name}" in columns
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda p: p / "absent", "does not exist"),
+        (lambda p: p, "has no 'train.csv'"),
+    ],
+)
+def test_unusable_folders_name_what_is_missing(capsys, tmp_path, make, message):
+    assert main(["report", str(make(tmp_path))]) == 1
+    err = capsys.readouterr().err
+    assert message in err and str(tmp_path) in err
+
+
+def test_missing_model_and_data_are_named(capsys, finished_run, tmp_path):
+    copy = tmp_path / "run"
+    outputs = sorted(finished_run.glob("outputs/*/*"))[-1]
+    shutil.copytree(outputs, copy)
+    for model in copy.glob("*.pt"):
+        model.unlink()
+    assert main(["report", str(copy)]) == 1
+    assert "no exported model" in capsys.readouterr().err
+
+    args = ["report", str(finished_run), "--out", str(tmp_path / "r")]
+    assert main([*args, "--data", str(tmp_path / "nothing.xyz")]) == 1
+    assert "nothing.xyz' does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("gradient", ["stress", "virial"])
+def test_stress_parity_of_a_periodic_run(
+    capsys, tmp_path, pretrained_bulk_checkpoint, gradient
+):
+    from conftest import DATA
+
+    shutil.copy(DATA / "bulk_small.xyz", tmp_path)
+    shutil.copy(pretrained_bulk_checkpoint, tmp_path / "pretrained.ckpt")
+    options = transfer_options(target="energy/gfn2", epochs=1)
+    options["training_set"] = {
+        "systems": {"read_from": "bulk_small.xyz", "length_unit": "angstrom"},
+        "targets": {
+            "energy/gfn2": {
+                "quantity": "energy",
+                "key": "energy_b",
+                "unit": "eV",
+                "forces": {"key": "forces_b"},
+                gradient: {"key": f"{gradient}_b"},
+            }
+        },
+    }
+    write_yaml(tmp_path / "options.yaml", options)
+    run_mtt(["train", "options.yaml", "-o", "model.pt"], cwd=tmp_path)
+    args = ["report", str(tmp_path), "--data", str(tmp_path / "bulk_small.xyz")]
+    assert main(args) == 0
+    summary = (tmp_path / "report" / "summary.md").read_text()
+    header, _, row = summary.split("| target |", 1)[1].splitlines()[:3]
+    assert "stress MAE" in header
+    assert row.startswith("| energy/gfn2 | model |") and "meV/Å³" in row
+    assert is_png(tmp_path / "report" / "parity.png")
