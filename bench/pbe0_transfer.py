@@ -868,7 +868,7 @@ def plot(results: List[dict], path: Path, gap: Optional[float]) -> None:
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(figsize=(6.4, 4.6))
-    for name in ROWS:
+    for rank, name in enumerate(ROWS):
         points = sorted(
             (line["N"], [float(r["test_force_mae_meV_A"]) for r in line["chosen"]])
             for line in summary(results)
@@ -876,7 +876,8 @@ def plot(results: List[dict], path: Path, gap: Optional[float]) -> None:
         )
         if not points:
             continue
-        ns = [n for n, _ in points]
+        # a small shift along N per row, so rows with equal errors stay visible
+        ns = [n * 1.025 ** (rank - len(ROWS) / 2) for n, _ in points]
         mid = np.array([statistics.median(v) for _, v in points])
         low = mid - np.array([min(v) for _, v in points])
         high = np.array([max(v) for _, v in points]) - mid
@@ -890,6 +891,8 @@ def plot(results: List[dict], path: Path, gap: Optional[float]) -> None:
         )
     axes.set_xscale("log")
     axes.set_yscale("log")
+    all_ns = [int(r["N"]) for r in results] or [1]
+    axes.set_xlim(min(all_ns) / 2, max(all_ns) * 2)  # the shifts stay small
     axes.set_xlabel("training frames N")
     axes.set_ylabel("test force MAE (meV/Å)")
     axes.set_title("xTB → PBE0 transfer")
