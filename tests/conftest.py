@@ -209,3 +209,24 @@ def write_yaml(path, content):
 
     path.write_text(yaml.safe_dump(content, sort_keys=False))
     return path
+
+
+def periodic_transfer(folder: Path, pretrained_bulk: Path, gradient: str) -> dict:
+    """Copy the periodic cells and the bulk checkpoint into ``folder``; return the
+    options transferring GFN1-xTB (a) to GFN2-xTB (b) with ``stress`` or ``virial``."""
+    shutil.copy(DATA / "bulk_small.xyz", folder)
+    shutil.copy(pretrained_bulk, folder / "pretrained.ckpt")
+    options = transfer_options(target="energy/gfn2", epochs=1)
+    options["training_set"] = {
+        "systems": {"read_from": "bulk_small.xyz", "length_unit": "angstrom"},
+        "targets": {
+            "energy/gfn2": {
+                "quantity": "energy",
+                "key": "energy_b",
+                "unit": "eV",
+                "forces": {"key": "forces_b"},
+                gradient: {"key": f"{gradient}_b"},
+            }
+        },
+    }
+    return options

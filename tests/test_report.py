@@ -4,7 +4,7 @@ import shutil
 
 import pytest
 
-from conftest import run_mtt, transfer_options, write_yaml
+from conftest import periodic_transfer, run_mtt, transfer_options, write_yaml
 from metatrain_pet_transfer.cli import main
 from metatrain_pet_transfer.report import zero_shot_metrics
 
@@ -106,23 +106,8 @@ def test_missing_model_and_data_are_named(capsys, finished_run, tmp_path):
 def test_stress_parity_of_a_periodic_run(
     capsys, tmp_path, pretrained_bulk_checkpoint, gradient
 ):
-    from conftest import DATA
 
-    shutil.copy(DATA / "bulk_small.xyz", tmp_path)
-    shutil.copy(pretrained_bulk_checkpoint, tmp_path / "pretrained.ckpt")
-    options = transfer_options(target="energy/gfn2", epochs=1)
-    options["training_set"] = {
-        "systems": {"read_from": "bulk_small.xyz", "length_unit": "angstrom"},
-        "targets": {
-            "energy/gfn2": {
-                "quantity": "energy",
-                "key": "energy_b",
-                "unit": "eV",
-                "forces": {"key": "forces_b"},
-                gradient: {"key": f"{gradient}_b"},
-            }
-        },
-    }
+    options = periodic_transfer(tmp_path, pretrained_bulk_checkpoint, gradient)
     write_yaml(tmp_path / "options.yaml", options)
     run_mtt(["train", "options.yaml", "-o", "model.pt"], cwd=tmp_path)
     args = ["report", str(tmp_path), "--data", str(tmp_path / "bulk_small.xyz")]

@@ -1,13 +1,11 @@
 """Transfer to a new level of theory and to new properties, through ``mtt train``."""
 
-import shutil
-
 import ase.io
 import numpy as np
 import pytest
 import torch
 
-from conftest import run_mtt, transfer_options, write_yaml
+from conftest import periodic_transfer, run_mtt, transfer_options, write_yaml
 
 
 def load(path):
@@ -216,23 +214,7 @@ def test_new_level_runs_in_ase(workdir, target):
 def test_periodic_transfer_with_stress(tmp_path, pretrained_bulk_checkpoint, gradient):
     from metatomic_ase import MetatomicCalculator
 
-    from conftest import DATA
-
-    shutil.copy(DATA / "bulk_small.xyz", tmp_path)
-    shutil.copy(pretrained_bulk_checkpoint, tmp_path / "pretrained.ckpt")
-    options = transfer_options(target="energy/gfn2", epochs=1)
-    options["training_set"] = {
-        "systems": {"read_from": "bulk_small.xyz", "length_unit": "angstrom"},
-        "targets": {
-            "energy/gfn2": {
-                "quantity": "energy",
-                "key": "energy_b",
-                "unit": "eV",
-                "forces": {"key": "forces_b"},
-                gradient: {"key": f"{gradient}_b"},
-            }
-        },
-    }
+    options = periodic_transfer(tmp_path, pretrained_bulk_checkpoint, gradient)
     log = train(tmp_path, options)
     assert "energy/gfn2_strain_gradients" in log  # zero-shot stress/virial error
     atoms = ase.io.read(tmp_path / "bulk_small.xyz", "0")
