@@ -22,6 +22,7 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 
+from .alignment import trained_targets
 from .energy_levels import energy_variant_name
 from .gradient_requests import check_requested_gradients
 from .label_checks import check_labels
@@ -206,13 +207,9 @@ def _check_splits(
 
 def _check_exported_names(model, train_datasets: List) -> List[str]:
     """Two energy targets that the exported model would serve under one name."""
-    trained = set()
-    for dataset in train_datasets:
-        if len(dataset) > 0:
-            trained.update(dataset[0]._asdict().keys())
     served: Dict[str, List[str]] = {}
-    for name, info in model.dataset_info.targets.items():
-        if name in trained and info.quantity == "energy":
+    for name, info in trained_targets(model, train_datasets).items():
+        if info.quantity == "energy":
             served.setdefault(energy_variant_name(name) or name, []).append(name)
     problems = []
     for exported, names in served.items():
