@@ -72,7 +72,7 @@ class TrainerHypers(PETTrainerHypers):
     """Number of epochs. ``0`` trains nothing and exports the aligned start."""
     learning_rate: Annotated[float, Field(gt=0)] = 3e-4
     """Learning rate. The default differs from PET's (1e-4): transferring the
-    xTB-pretrained PET to PBE0 with 100 frames (``bench/pbe0_transfer.py``), 3e-4
+    xTB-pretrained PET to PBE0 with 100 frames (``bench/learning_curve.py``), 3e-4
     gave the lowest validation and test errors for ``full`` with the alignment
     start (test forces 145 meV/A, vs 187 at 1e-3); for ``heads``, 1e-3 is better."""
     log_interval: Annotated[int, Field(ge=1)] = PETTrainerHypers.log_interval

@@ -16,14 +16,16 @@ on the same frames, whatever the architecture logs.
 
 Usage (see bench/README.md)::
 
-    python bench/pbe0_transfer.py --rows zero-shot,native-full --n 100 --seeds 0 \\
+    python bench/learning_curve.py --rows zero-shot,native-full --n 100 --seeds 0 \\
         --out bench/results/pbe0_n100 --runs /tmp/bench_runs/pbe0_n100
-    python bench/pbe0_transfer.py --tiny --data tests/data/pbe0_small.xyz \\
+    python bench/learning_curve.py --tiny --data tests/data/pbe0_small.xyz \\
         --checkpoint some.ckpt --out /tmp/smoke --rows native-full,zero-shot
 """
 
 import argparse
+import contextlib
 import csv
+import fcntl
 import hashlib
 import json
 import math
@@ -44,7 +46,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
-DEFAULT_DATA = SHARED / "data" / "pbe0.xyz"
+#: a byte-identical copy of ../shared/data/pbe0.xyz (bench/data/README.md)
+DEFAULT_DATA = REPO / "bench" / "data" / "pbe0.xyz"
 DEFAULT_CHECKPOINT = SHARED / "checkpoints" / "pet_xtb.ckpt"
 
 #: the new level, declared as a variant of ``energy`` so exported models work in ASE
@@ -68,7 +71,9 @@ class Settings:
     seeds: Sequence[int]
     epochs: int
     scratch_epochs: int
+    half_epochs_from: Optional[int]
     lrs: Sequence[float]
+    lr_from: Optional[int]
     scratch_lr: Optional[float]
     batch_size: int
     test_fraction: float
@@ -326,7 +331,9 @@ def check_or_write_record(path: Path, record: dict) -> None:
     """
     if path.exists():
         old = json.loads(path.read_text())
-        fixed = [k for k in record if k not in ("train_order", "note")]
+        # files are compared by content (sha256), not by the path they were read from
+        paths = ("train_order", "note", "data", "checkpoint")
+        fixed = [k for k in record if k not in paths]
         changed = [k for k in fixed if old.get(k) != record[k]]
         clash = [
             s
@@ -550,12 +557,9 @@ class Campaign:
 
 
 def train_file(campaign: Campaign, n: int, seed: int) -> Path:
-    """The training frames of (N, seed) as extended xyz, written once."""
-    import ase.io
-
+    """The training frames of (N, seed) as extended xyz."""
     path = campaign.settings.runs / "splits" / f"train_N{n}_s{seed}.xyz"
-    if not path.exists():
-        ase.io.write(path, campaign.subset(campaign.training_indices(n, seed)))
+    write_frames_if_changed(path, campaign.subset(campaign.training_indices(n, seed)))
     return path
 
 
@@ -689,13 +693,50 @@ def planned_runs(campaign: Campaign) -> List[Run]:
     return runs
 
 
+def epoch_budget(row: "Row", n: int, settings: Settings) -> int:
+    """The row's epochs at N: halved from ``--half-epochs-from`` on (every row alike),
+    so that big training sets cost about as many steps as N=100 does."""
+    epochs = settings.scratch_epochs if row.budget == "scratch" else settings.epochs
+    if settings.half_epochs_from is not None and n >= settings.half_epochs_from:
+        epochs = max(1, epochs // 2)
+    return epochs
+
+
+def searched_lr(name: str, settings: Settings) -> Optional[float]:
+    """The learning rate selected for ``name`` at N = ``--lr-from`` (most frequent
+    over seeds), read from the campaign's CSV; ``None`` if that search is not done."""
+    chosen = [
+        r["lr"]
+        for r in load_results(settings.out / "results.csv")
+        if r["row"] == name
+        and r["N"] == str(settings.lr_from)
+        and r["selected"] == "yes"
+    ]
+    if not chosen:
+        return None
+    return float(max(sorted(set(chosen)), key=chosen.count))
+
+
 def runs_of_row(name, n, seed, settings: Settings, pretrained: Pretrained) -> List[Run]:
-    """A row's runs at one (N, seed): one per learning rate, or a single one."""
+    """A row's runs at one (N, seed): one per learning rate, or a single one.
+
+    With ``--lr-from N0``, search rows run the whole ``--lrs`` grid at N0 only, and
+    at every other N the learning rate selected at N0 (so N0 must be done first).
+    """
     row = ROWS[name]
     if row.architecture is None:
         return [Run(name, n, seed, None, 0, trains=False)]
-    epochs = settings.scratch_epochs if row.budget == "scratch" else settings.epochs
+    epochs = epoch_budget(row, n, settings)
     if row.lr == "search":
+        if settings.lr_from is not None and n != settings.lr_from:
+            lr = searched_lr(name, settings)
+            if lr is None:
+                raise SystemExit(
+                    f"--lr-from {settings.lr_from}: row {name} has no selected "
+                    f"learning rate at N={settings.lr_from} in "
+                    f"{settings.out / 'results.csv'}; run that N first"
+                )
+            return [Run(name, n, seed, lr, epochs)]
         return [Run(name, n, seed, lr, epochs) for lr in settings.lrs]
     if row.lr == "scratch":
         lr = settings.scratch_lr or pretrained.learning_rate
@@ -949,11 +990,24 @@ def prepare(settings: Settings) -> tuple:
         ("test", splits["test"]),
     ]:
         files[name] = settings.runs / "splits" / f"{name}.xyz"
-        ase.io.write(files[name], [frames[i] for i in indices])
+        write_frames_if_changed(files[name], [frames[i] for i in indices])
     campaign = Campaign(
         settings, frames, splits, read_pretrained(settings.checkpoint), files
     )
     return campaign, json.loads((settings.out / "splits.json").read_text())
+
+
+def write_frames_if_changed(path: Path, frames) -> None:
+    """Another harness process may be reading ``path``: replace it atomically, and
+    only if its content would change."""
+    import ase.io
+
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    ase.io.write(temporary, frames, format="extxyz")
+    if path.exists() and path.read_bytes() == temporary.read_bytes():
+        temporary.unlink()
+    else:
+        os.replace(temporary, path)
 
 
 def attempt(run: Run, campaign: Campaign) -> dict:
@@ -994,9 +1048,11 @@ def run_campaign(settings: Settings, plan_only: bool = False) -> int:
             "epochs": str(run.epochs),
             **outcome,
         }
-        results = [r for r in results if result_key(r) != result_key(record_run)]
-        results.append(record_run)
-        report(results, record, campaign)
+        with campaign_lock(settings.out):  # another process may share the folder
+            results = load_results(settings.out / "results.csv")
+            results = [r for r in results if result_key(r) != result_key(record_run)]
+            results.append(record_run)
+            report(results, record, campaign)
         print(
             f"[{number}/{len(todo)}] {run.row} N={run.n} seed={run.seed} "
             f"lr={run.lr_label}: {outcome['status']} "
@@ -1005,8 +1061,21 @@ def run_campaign(settings: Settings, plan_only: bool = False) -> int:
             f"meV/atom, {outcome['wall_s']:.0f} s {outcome.get('error', '')}",
             flush=True,
         )
-    report(results, record, campaign)
+    with campaign_lock(settings.out):
+        report(load_results(settings.out / "results.csv"), record, campaign)
     return 0
+
+
+@contextlib.contextmanager
+def campaign_lock(out: Path):
+    """Several harness processes may fill one campaign (one per core): each result
+    is merged into the CSV on disk under this lock, never from a stale copy."""
+    with open(out / ".results.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def parse_args(argv=None) -> tuple:
@@ -1052,9 +1121,21 @@ def parse_args(argv=None) -> tuple:
     parser.add_argument("--epochs", type=int, default=80, help="fine-tuning rows")
     parser.add_argument("--scratch-epochs", type=int, default=200)
     parser.add_argument(
+        "--half-epochs-from",
+        type=int,
+        default=None,
+        help="halve every row's epochs for N at or above this size",
+    )
+    parser.add_argument(
         "--lrs",
         default="1e-4,3e-4,1e-3",
         help="learning rates searched by the fine-tuning rows",
+    )
+    parser.add_argument(
+        "--lr-from",
+        type=int,
+        default=None,
+        help="search --lrs at this N only; other N reuse each row's selected lr",
     )
     parser.add_argument(
         "--scratch-lr",
@@ -1091,7 +1172,9 @@ def parse_args(argv=None) -> tuple:
         seeds=[int(s) for s in args.seeds.split(",")],
         epochs=args.epochs,
         scratch_epochs=args.scratch_epochs,
+        half_epochs_from=args.half_epochs_from,
         lrs=[float(lr) for lr in args.lrs.split(",")],
+        lr_from=args.lr_from,
         scratch_lr=args.scratch_lr,
         batch_size=args.batch_size,
         test_fraction=args.test_fraction,
