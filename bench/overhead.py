@@ -3,16 +3,18 @@ and inference time, measured side by side in one run.
 
 Training: the same fine-tuning config (same checkpoint, data, hypers, seed) is run
 with ``name: pet`` and ``name: pet_transfer``, alternating, as ``mtt train``
-subprocesses. Each configuration runs with a short and a long epoch budget; the time
-per epoch is the difference of the wall times divided by the difference of epochs,
-so start-up work (imports, data loading, the plugin's one-time alignment pass, the
-final evaluation) cancels out. Peak RSS comes from the kernel's rusage of each child.
-Inference: the two exported models compute energies and forces of the same
-structures through ``metatomic_ase.MetatomicCalculator``, alternating.
+subprocesses. The time per epoch is read from the log as it is written: metatrain
+logs one line per epoch, and this process notes when each line arrives
+(``perf_counter``, sub-millisecond), so an epoch's time is the gap between two epoch
+lines. Epoch 0 (warm-up) is left out; start-up work (imports, data loading, the
+plugin's checks) and the final export are only in the total wall time. Peak RSS
+comes from the kernel's rusage of each child. Inference: the two exported models
+compute energies and forces of the same structures through
+``metatomic_ase.MetatomicCalculator``, alternating.
 
 Every figure is a ratio plugin/native (median over pairs).
 
-    python bench/overhead.py --pairs 5
+    python bench/overhead.py --pairs 7
 """
 
 import argparse
@@ -21,6 +23,7 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -36,7 +39,7 @@ def options(architecture: str, checkpoint: str, data: str, epochs: int) -> dict:
         "batch_size": 8,
         "num_epochs": epochs,
         "learning_rate": 1e-4,
-        "log_interval": 1000,
+        "log_interval": 1,  # one line per epoch: the clock
         "checkpoint_interval": 1000,
         "num_workers": 0,
         "finetune": {"method": "full", "read_from": checkpoint},
@@ -64,27 +67,44 @@ def options(architecture: str, checkpoint: str, data: str, epochs: int) -> dict:
     }
 
 
-def run_training(workdir: Path, config: dict, threads: int) -> tuple[float, float]:
-    """Run ``mtt train`` once; return (wall seconds, peak RSS in MiB)."""
+@dataclass
+class Timing:
+    """One ``mtt train``: wall seconds, peak RSS (MiB), seconds per epoch."""
+
+    wall: float
+    rss: float
+    epoch: float
+
+
+def run_training(workdir: Path, config: dict, threads: int) -> Timing:
+    """Run ``mtt train`` once, timing the epoch lines as they arrive."""
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "options.yaml").write_text(yaml.safe_dump(config))
     mtt = Path(sys.executable).parent / "mtt"
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONWARNINGS="ignore")
     begin = time.perf_counter()
     process = subprocess.Popen(
         [str(mtt), "train", "options.yaml"],
         cwd=workdir,
         env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
+    epoch_lines, tail = [], []
+    for line in process.stdout:
+        if "Epoch:" in line:
+            epoch_lines.append(time.perf_counter())
+        tail = (tail + [line])[-40:]
     _, status, usage = os.wait4(process.pid, 0)
     wall = time.perf_counter() - begin
     if status != 0:
-        raise RuntimeError(
-            f"mtt train failed in {workdir}: {process.stderr.read()[-2000:]}"
-        )
-    return wall, usage.ru_maxrss / 1024
+        raise RuntimeError(f"mtt train failed in {workdir}: {''.join(tail)}")
+    if len(epoch_lines) < 3:
+        raise RuntimeError(f"{workdir}: fewer than 3 epoch lines, use more epochs")
+    # from the end of epoch 0 (warm-up included) to the end of the last epoch
+    epoch = (epoch_lines[-1] - epoch_lines[0]) / (len(epoch_lines) - 1)
+    return Timing(wall, usage.ru_maxrss / 1024, epoch)
 
 
 def export(workdir: Path) -> Path:
@@ -121,7 +141,7 @@ def main():
     parser.add_argument("--data", default=str(SHARED / "data/pbe0.xyz"))
     parser.add_argument("--frames", type=int, default=100, help="training frames")
     parser.add_argument("--pairs", type=int, default=5)
-    parser.add_argument("--epochs", default="1,6", help="short,long epoch budgets")
+    parser.add_argument("--epochs", type=int, default=11, help="epochs per run")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--workdir", default="/tmp/bench_overhead")
     args = parser.parse_args()
@@ -134,24 +154,25 @@ def main():
     data = workdir / "data.xyz"
     ase.io.write(data, frames)
     checkpoint = str(Path(args.checkpoint).resolve())
-    short, long = (int(e) for e in args.epochs.split(","))
 
     rows = {
         name: {"epoch": [], "total": [], "rss": []} for name in ["pet", "pet_transfer"]
     }
     for pair in range(args.pairs):
-        for name in ["pet", "pet_transfer"]:
-            walls = {}
-            for epochs in (short, long):
-                run = workdir / f"{name}-{pair}-{epochs}"
-                config = options(name, checkpoint, str(data), epochs)
-                walls[epochs], rss = run_training(run, config, args.threads)
-                rows[name]["rss"].append(rss)
-            rows[name]["epoch"].append((walls[long] - walls[short]) / (long - short))
-            rows[name]["total"].append(walls[long])
+        # alternate which one goes first, so that a drifting load favours neither
+        order = ["pet", "pet_transfer"] if pair % 2 == 0 else ["pet_transfer", "pet"]
+        for name in order:
+            run = workdir / f"{name}-{pair}"
+            config = options(name, checkpoint, str(data), args.epochs)
+            timing = run_training(run, config, args.threads)
+            rows[name]["epoch"].append(timing.epoch)
+            rows[name]["total"].append(timing.wall)
+            rows[name]["rss"].append(timing.rss)
+        native, plugin = rows["pet"], rows["pet_transfer"]
         print(
-            f"pair {pair}: s/epoch native {rows['pet']['epoch'][-1]:.3f} "
-            f"plugin {rows['pet_transfer']['epoch'][-1]:.3f}",
+            f"pair {pair}: s/epoch native {native['epoch'][-1]:.3f} plugin "
+            f"{plugin['epoch'][-1]:.3f}; wall native {native['total'][-1]:.1f} "
+            f"plugin {plugin['total'][-1]:.1f}",
             flush=True,
         )
 
@@ -162,12 +183,10 @@ def main():
         ]
         return statistics.median(values), min(values), max(values)
 
-    exported = {
-        name: export(workdir / f"{name}-0-{long}") for name in ["pet", "pet_transfer"]
-    }
+    exported = {name: export(workdir / f"{name}-0") for name in ["pet", "pet_transfer"]}
     inference = {"pet": [], "pet_transfer": []}
-    for _ in range(args.pairs):
-        for name in ["pet", "pet_transfer"]:
+    for pair in range(args.pairs):
+        for name in ["pet", "pet_transfer"][:: 1 if pair % 2 == 0 else -1]:
             inference[name].append(inference_time(exported[name], frames, "pbe0"))
     inference_ratios = [
         p / n for p, n in zip(inference["pet_transfer"], inference["pet"], strict=True)
@@ -176,7 +195,7 @@ def main():
     print(f"\nplugin / native, median (min-max) of {args.pairs} alternating pairs:")
     for label, key in [
         ("training time per epoch", "epoch"),
-        (f"total wall time ({long} epochs)", "total"),
+        (f"total wall time ({args.epochs} epochs)", "total"),
         ("peak RSS", "rss"),
     ]:
         median, low, high = ratio(key)

@@ -169,3 +169,30 @@ def test_lr_from_reuses_the_learning_rate_selected_at_that_n(tmp_path):
     assert [(run.lr, run.epochs) for run in at_200] == [(3e-4, 40)]
     with pytest.raises(SystemExit, match="no selected learning rate at N=100"):
         harness.runs_of_row("native-heads", 25, 0, settings, pretrained)
+
+
+def test_overhead_runs_one_tiny_pair(tmp_path, pretrained_checkpoint):
+    command = [
+        sys.executable,
+        str(TESTS.parent / "bench" / "overhead.py"),
+        "--checkpoint",
+        str(pretrained_checkpoint),
+        "--data",
+        str(DATA / "pbe0_small.xyz"),
+        "--frames",
+        "10",
+        "--pairs",
+        "1",
+        "--epochs",
+        "3",
+        "--workdir",
+        str(tmp_path),
+    ]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    result = subprocess.run(
+        command, capture_output=True, text=True, env=env, timeout=300
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    for label in ["training time per epoch", "peak RSS", "inference"]:
+        line = next(x for x in result.stdout.splitlines() if label in x)
+        assert math.isfinite(float(line.split()[-2])), line
