@@ -207,6 +207,10 @@ ROWS: Dict[str, Row] = {
     "plugin-full-align": Row(finetuned("pet_transfer", "full", alignment=True)),
     "plugin-heads": Row(finetuned("pet_transfer", "heads", inherit=True)),
     "plugin-lora": Row(finetuned("pet_transfer", "lora", inherit=True)),
+    "plugin-keep": Row(
+        finetuned("pet_transfer", "full", alignment=True, keep_pretrained_heads=True)
+    ),
+    "native-lora": Row(finetuned("pet", "lora", inherit=True)),
     "plugin-default": Row(plugin_defaults, lr="default"),
 }
 

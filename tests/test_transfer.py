@@ -299,3 +299,28 @@ def test_bad_checkpoints_stop_before_training(workdir):
         assert result.returncode != 0, name
         assert f"'{name}'" in log and message in log, (name, log[-2000:])
         assert "Setting up training set" not in log
+
+
+def test_lora_starts_at_the_pretrained_model(workdir):
+    """metatrain's LoRA adapters start random (the model changes before any step);
+    the plugin's start with B = 0, so 0 epochs export the aligned start exactly."""
+    from metatomic_ase import MetatomicCalculator
+
+    options = transfer_options(target="energy/pbe0", method="lora", epochs=0)
+    options["architecture"]["training"]["finetune"]["config"] = {"rank": 2, "alpha": 4}
+    log = train(workdir, options)
+    assert "adapters start as a no-op" in log
+
+    state = load(workdir / "model.ckpt")["best_model_state_dict"]
+    adapters = [key for key in state if key.endswith("lora_B.weight")]
+    assert adapters and all(not state[key].any() for key in adapters)
+
+    run_mtt(["export", "pretrained.ckpt", "-o", "pretrained.pt"], cwd=workdir)
+    frames = ase.io.read(workdir / "pbe0_small.xyz", ":4")
+    for atoms in frames:
+        before, after = atoms.copy(), atoms.copy()
+        before.calc = MetatomicCalculator(str(workdir / "pretrained.pt"))
+        after.calc = MetatomicCalculator(
+            str(workdir / "model.pt"), variants={"energy": "pbe0"}
+        )
+        np.testing.assert_allclose(after.get_forces(), before.get_forces(), atol=1e-5)

@@ -14,6 +14,8 @@ from metatrain.utils.data import Dataset
 from metatrain.utils.io import check_file_extension
 
 from .alignment import align
+from .distillation import keep_pretrained_heads
+from .lora import start_lora_at_pretrained
 from .model import PETTransfer
 from .preflight import check_run_inputs
 
@@ -22,9 +24,10 @@ class Trainer(PETTrainer):
     """Transfers a pretrained PET to new targets with metatrain's PET trainer.
 
     The recipe: take over the model loaded from ``training.finetune.read_from``,
-    align the new energy heads with the pretrained ones (:mod:`.alignment`), run
-    PET's training loop, and write checkpoints atomically under this architecture's
-    name.
+    align the new energy heads with the pretrained ones (:mod:`.alignment`), start
+    LoRA adapters as a no-op (:mod:`.lora`), keep the old energy heads valid if
+    asked (:mod:`.distillation`), run PET's training loop, and write checkpoints
+    atomically under this architecture's name.
     """
 
     #: subfolder of the checkpoint folder for the composition and scaler fits
@@ -48,6 +51,14 @@ class Trainer(PETTrainer):
         # a restarted run has its optimizer state, and its start was aligned already
         if is_finetune and self.optimizer_state_dict is None:
             self.hypers, self.aligned_targets = align(
+                model, self.hypers, train_datasets, val_datasets, dtype
+            )
+        finetune = self.hypers["finetune"]
+        if is_finetune and finetune["method"] == "lora":
+            start_lora_at_pretrained(model, finetune)
+        if is_finetune and self.hypers.get("keep_pretrained_heads", False):
+            # on a restart too: the kept heads need their labels again
+            train_datasets, val_datasets, self.kept_heads = keep_pretrained_heads(
                 model, self.hypers, train_datasets, val_datasets, dtype
             )
         # PET's composition and scaler fits save `composition_model.ckpt` and

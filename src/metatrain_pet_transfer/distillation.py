@@ -1,0 +1,209 @@
+"""Keep the pretrained energy heads valid while the backbone moves.
+
+With ``full`` or ``lora``, metatrain drops every pretrained head the run has no labels
+for: the backbone changes under them, so they would predict nonsense. With
+``training.keep_pretrained_heads``, those energy heads stay in the model and are
+trained on what the *pretrained* model (the one in ``finetune.read_from``, loaded
+untouched) predicts for the run's own frames: energies and forces, computed once
+before the first step ("learning without forgetting"). So:
+
+- the exported model still serves the old level of theory next to the new one;
+- the validation errors of the kept heads, logged every epoch like any target's,
+  measure what the transfer forgot;
+- the backbone is tied to what it knew, which regularises a transfer from few labels.
+
+Only energy heads are kept (their labels are predictions with forces); a head with a
+stress/virial gradient is kept only when every structure of the run is periodic.
+"""
+
+import logging
+from typing import Dict, List, Tuple, Union
+
+import metatensor.torch as mts
+import torch
+from metatensor.learn.data import Dataset
+from metatensor.torch import Labels
+from metatrain.utils.data import CollateFn, TargetInfo, unpack_batch
+from metatrain.utils.evaluate_model import evaluate_model
+from metatrain.utils.io import model_from_checkpoint
+from metatrain.utils.neighbor_lists import (
+    get_requested_neighbor_lists,
+    get_system_with_neighbor_lists_transform,
+)
+from metatrain.utils.transfer import batch_to
+from torch.utils.data import DataLoader
+
+from .checkpoints import load_checkpoint_safely
+
+
+logger = logging.getLogger(__name__)
+
+DatasetLike = Union[Dataset, torch.utils.data.Subset]
+
+#: finetuning methods that change the backbone (metatrain drops stale heads there)
+BACKBONE_METHODS = ("full", "lora")
+
+
+def heads_to_keep(model, method: str, datasets: List[DatasetLike]) -> List[str]:
+    """Pretrained energy heads that this run would drop and that can be kept."""
+    if method not in BACKBONE_METHODS:
+        return []  # `heads` leaves the backbone, hence every old head, untouched
+    stale = list(getattr(model, "_stale_finetune_targets", None) or [])
+    keep = []
+    for name in stale:
+        info = model.dataset_info.targets.get(name)
+        if info is None or info.quantity != "energy":
+            continue
+        if "strain" in info.gradients and not _all_periodic(datasets):
+            logger.warning(
+                f"training.keep_pretrained_heads: '{name}' has stress/virial outputs "
+                "but some structures of this run are not periodic; it is dropped, "
+                "as metatrain does"
+            )
+            continue
+        keep.append(name)
+    return keep
+
+
+def _all_periodic(datasets: List[DatasetLike]) -> bool:
+    for dataset in datasets:
+        for index in range(len(dataset)):
+            if not bool(dataset[index]._asdict()["system"].pbc.all()):
+                return False
+    return True
+
+
+def load_pretrained(read_from: str, dtype: torch.dtype, device: torch.device):
+    """The model of ``finetune.read_from`` as metatrain's fine-tuning loads it,
+    before any change, ready to predict."""
+    model = model_from_checkpoint(load_checkpoint_safely(read_from), "finetune")
+    model.to(device=device, dtype=dtype)
+    for additive_model in model.additive_models:
+        additive_model.to(dtype=torch.float64)  # as PET's trainer does
+    model.scaler.to(dtype=torch.float64)
+    return model.eval()
+
+
+def with_pretrained_labels(
+    pretrained,
+    targets: Dict[str, TargetInfo],
+    datasets: List[DatasetLike],
+    batch_size: int,
+    dtype: torch.dtype,
+) -> List[Dataset]:
+    """Copies of ``datasets`` whose samples also hold the pretrained model's
+    predictions for ``targets`` (energies with their gradients, in float64 like
+    the labels metatrain reads)."""
+    device = next(pretrained.parameters()).device
+    collate = CollateFn(
+        target_keys=[],
+        callables=[
+            get_system_with_neighbor_lists_transform(
+                get_requested_neighbor_lists(pretrained)
+            )
+        ],
+    )
+    labelled = []
+    for dataset in datasets:
+        samples = [dataset[i]._asdict() for i in range(len(dataset))]
+        if not samples:
+            labelled.append(dataset)
+            continue
+        predictions: Dict[str, List[mts.TensorMap]] = {name: [] for name in targets}
+        # only the systems: the loader must not collate the run's own targets
+        systems_only = Dataset.from_dict({"system": [s["system"] for s in samples]})
+        loader = DataLoader(systems_only, batch_size=batch_size, collate_fn=collate)
+        offset = 0
+        for batch in loader:
+            systems, _, _ = unpack_batch(batch)
+            systems, _, _ = batch_to(systems, {}, {}, dtype=dtype, device=device)
+            outputs = evaluate_model(pretrained, systems, targets, is_training=False)
+            for name in targets:
+                predictions[name].extend(
+                    _per_structure(mts.detach(outputs[name]), len(systems), offset)
+                )
+            offset += len(systems)
+        fields = {key: [sample[key] for sample in samples] for key in samples[0]}
+        for name in targets:
+            fields[name] = predictions[name]
+        labelled.append(Dataset.from_dict(fields))
+    return labelled
+
+
+def _per_structure(
+    tensor_map: mts.TensorMap, count: int, offset: int
+) -> List[mts.TensorMap]:
+    """Split a batch prediction into one float64 CPU TensorMap per structure, with
+    the structure's index in its dataset as ``system`` (as metatrain's readers do)."""
+    selections = [Labels(["system"], torch.tensor([[i]])) for i in range(count)]
+    parts = mts.split(tensor_map.to("cpu"), "samples", selections)
+    result = []
+    for index, part in enumerate(parts):
+        blocks = []
+        for block in part.blocks():
+            samples = Labels(
+                block.samples.names,
+                _renumber_system(block.samples, offset + index),
+            )
+            new = mts.TensorBlock(
+                values=block.values.to(torch.float64),
+                samples=samples,
+                components=block.components,
+                properties=block.properties,
+            )
+            for parameter, gradient in block.gradients():
+                new.add_gradient(
+                    parameter,
+                    mts.TensorBlock(
+                        values=gradient.values.to(torch.float64),
+                        samples=gradient.samples,
+                        components=gradient.components,
+                        properties=gradient.properties,
+                    ),
+                )
+            blocks.append(new)
+        result.append(mts.TensorMap(part.keys, blocks))
+    return result
+
+
+def _renumber_system(samples: Labels, system: int) -> torch.Tensor:
+    values = samples.values.clone()
+    values[:, samples.names.index("system")] = system
+    return values
+
+
+def keep_pretrained_heads(
+    model,
+    hypers: dict,
+    train_datasets: List[DatasetLike],
+    val_datasets: List[DatasetLike],
+    dtype: torch.dtype,
+) -> Tuple[List[DatasetLike], List[DatasetLike], List[str]]:
+    """Keep the pretrained energy heads this run would drop, with labels.
+
+    :return: the training and validation datasets to train with (with the kept
+        heads' labels added) and the names of the kept heads
+    """
+    method = hypers["finetune"]["method"]
+    kept = heads_to_keep(model, method, train_datasets + val_datasets)
+    if not kept:
+        return train_datasets, val_datasets, []
+    device = next(model.parameters()).device
+    pretrained = load_pretrained(hypers["finetune"]["read_from"], dtype, device)
+    targets = {name: pretrained.dataset_info.targets[name] for name in kept}
+    batch_size = hypers["batch_size"]
+    train = with_pretrained_labels(
+        pretrained, targets, train_datasets, batch_size, dtype
+    )
+    val = with_pretrained_labels(pretrained, targets, val_datasets, batch_size, dtype)
+    # metatrain drops the heads listed here when the training starts
+    model._stale_finetune_targets = [
+        name for name in model._stale_finetune_targets if name not in kept
+    ]
+    for name in kept:
+        logger.info(
+            f"Keeping the pretrained head '{name}' valid: it is trained on the "
+            f"pretrained model's own predictions for the {sum(map(len, train))} "
+            "training structures (its validation errors measure what is forgotten)"
+        )
+    return train, val, kept
