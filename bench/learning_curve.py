@@ -880,7 +880,45 @@ def markdown(results: List[dict], record: dict) -> str:
             f"| {line['row']} | {line['N']} | {line['epochs']} | {lrs} | "
             f"{len(chosen)} | {energy} | {force} | {wall} | {cpu} |"
         )
-    return "\n".join(head + lines) + "\n"
+    return "\n".join(head + lines + ratios(results)) + "\n"
+
+
+#: the comparisons the project's targets are stated in (force MAE ratios)
+RATIOS = [("scratch", "plugin-default"), ("native-full", "plugin-default")]
+
+
+def ratios(results: List[dict]) -> List[str]:
+    """Per N: how many times lower the plugin default's test force MAE is than
+    scratch's and native full fine-tuning's (median over seeds of each row)."""
+    medians = {
+        (line["row"], line["N"]): statistics.median(
+            float(r["test_force_mae_meV_A"]) for r in line["chosen"]
+        )
+        for line in summary(results)
+        if line["chosen"]
+    }
+    ns = sorted({n for (_, n) in medians})
+    rows = [
+        f"| {n} | "
+        + " | ".join(
+            f"{medians[(a, n)] / medians[(b, n)]:.2f}x"
+            if (a, n) in medians and (b, n) in medians
+            else "-"
+            for a, b in RATIOS
+        )
+        + " |"
+        for n in ns
+    ]
+    if not any(cell != "-" for row in rows for cell in row.split(" | ")[1:-1]):
+        return []
+    return [
+        "",
+        "Test force MAE ratios (median over seeds of each row):",
+        "",
+        "| N | " + " | ".join(f"{a} / {b}" for a, b in RATIOS) + " |",
+        "|---|" + "---|" * len(RATIOS),
+        *rows,
+    ]
 
 
 def seconds(chosen: List[dict], everything: List[dict], column: str) -> str:
