@@ -949,8 +949,9 @@ def plot(results: List[dict], path: Path, gap: Optional[float]) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FixedLocator, NullFormatter
 
-    figure, axes = plt.subplots(figsize=(6.4, 4.6))
+    figure, axes = plt.subplots(figsize=(8.4, 4.8))
     for rank, name in enumerate(ROWS):
         points = sorted(
             (line["N"], [float(r["test_force_mae_meV_A"]) for r in line["chosen"]])
@@ -960,7 +961,7 @@ def plot(results: List[dict], path: Path, gap: Optional[float]) -> None:
         if not points:
             continue
         # a small shift along N per row, so rows with equal errors stay visible
-        ns = [n * 1.025 ** (rank - len(ROWS) / 2) for n, _ in points]
+        ns = [n * 1.015 ** (rank - len(ROWS) / 2) for n, _ in points]
         mid = np.array([statistics.median(v) for _, v in points])
         low = mid - np.array([min(v) for _, v in points])
         high = np.array([max(v) for _, v in points]) - mid
@@ -974,12 +975,20 @@ def plot(results: List[dict], path: Path, gap: Optional[float]) -> None:
         )
     axes.set_xscale("log")
     axes.set_yscale("log")
-    all_ns = [int(r["N"]) for r in results] or [1]
-    axes.set_xlim(min(all_ns) / 2, max(all_ns) * 2)  # the shifts stay small
+    all_ns = sorted({int(r["N"]) for r in results}) or [1]
+    axes.set_xlim(min(all_ns) / 1.5, max(all_ns) * 1.5)  # the shifts stay small
+    axes.xaxis.set_major_locator(FixedLocator(all_ns))
+    # the largest N (`all`) on a second line: it sits close to N=200
+    axes.xaxis.set_major_formatter(
+        lambda value, _: f"\n{value:g}" if value == max(all_ns) else f"{value:g}"
+    )
+    axes.xaxis.set_minor_formatter(NullFormatter())
+    axes.yaxis.set_major_formatter(lambda value, _: f"{value:g}")
+    axes.yaxis.set_minor_formatter(lambda value, _: f"{value:g}")
     axes.set_xlabel("training frames N")
     axes.set_ylabel("test force MAE (meV/Å)")
-    axes.set_title("xTB → PBE0 transfer")
-    axes.legend(fontsize=8)
+    axes.set_title("xTB → PBE0 transfer (median over seeds, min-max bars)")
+    axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
