@@ -150,6 +150,36 @@ class _Predictions:
     predicted: np.ndarray  # (n_structures,) total energies
 
 
+def evaluation_batches(
+    model,
+    datasets: List[DatasetLike],
+    batch_size: int,
+    dtype: torch.dtype,
+    target_keys: List[str],
+):
+    """Batches of ``datasets``, in order, as ``mtt eval`` feeds a model: systems
+    with the model's neighbor lists, on its device, in ``dtype``.
+
+    :yield: ``(systems, targets, extra_data)`` per batch (``targets`` holds the
+        ``target_keys`` labels)
+    """
+    device = next(model.parameters()).device
+    collate = CollateFn(
+        target_keys=target_keys,
+        callables=[
+            get_system_with_neighbor_lists_transform(
+                get_requested_neighbor_lists(model)
+            )
+        ],
+    )
+    for dataset in datasets:
+        if len(dataset) == 0:
+            continue
+        for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=collate):
+            systems, targets, extra_data = unpack_batch(batch)
+            yield batch_to(systems, targets, extra_data, dtype=dtype, device=device)
+
+
 def _predict(
     model,
     source: str,
@@ -161,38 +191,23 @@ def _predict(
 ) -> _Predictions:
     """Run the pretrained ``source`` head (with its gradients) on the labels of
     ``target``, as ``mtt eval`` would: raw labels, full model prediction."""
-    device = next(model.parameters()).device
-    collate = CollateFn(
-        target_keys=[target],
-        callables=[
-            get_system_with_neighbor_lists_transform(
-                get_requested_neighbor_lists(model)
-            )
-        ],
-    )
     type_index = {t: i for i, t in enumerate(model.atomic_types)}
     batches, counts, labels, predicted = [], [], [], []
-    for dataset in datasets:
-        if len(dataset) == 0:
-            continue
-        loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate)
-        for batch in loader:
-            systems, targets, extra_data = unpack_batch(batch)
-            systems, targets, extra_data = batch_to(
-                systems, targets, extra_data, dtype=dtype, device=device
-            )
-            prediction = evaluate_model(
-                model, systems, {source: target_info}, is_training=False
-            )[source]
-            prediction = mts.detach(prediction)
-            batches.append((systems, prediction, targets[target], extra_data))
-            for system in systems:
-                row = np.zeros(len(type_index))
-                for atomic_type in system.types.tolist():
-                    row[type_index[atomic_type]] += 1
-                counts.append(row)
-            labels.append(targets[target].block().values.detach().cpu().double())
-            predicted.append(prediction.block().values.detach().cpu().double())
+    for systems, targets, extra_data in evaluation_batches(
+        model, datasets, batch_size, dtype, [target]
+    ):
+        prediction = evaluate_model(
+            model, systems, {source: target_info}, is_training=False
+        )[source]
+        prediction = mts.detach(prediction)
+        batches.append((systems, prediction, targets[target], extra_data))
+        for system in systems:
+            row = np.zeros(len(type_index))
+            for atomic_type in system.types.tolist():
+                row[type_index[atomic_type]] += 1
+            counts.append(row)
+        labels.append(targets[target].block().values.detach().cpu().double())
+        predicted.append(prediction.block().values.detach().cpu().double())
     if not counts:
         return _Predictions(
             [], np.zeros((0, len(type_index))), np.zeros(0), np.zeros(0)

@@ -17,28 +17,21 @@ stress/virial gradient is kept only when every structure of the run is periodic.
 """
 
 import logging
-from typing import Dict, List, Tuple, Union
+from typing import Dict, List, Tuple
 
 import metatensor.torch as mts
 import torch
 from metatensor.learn.data import Dataset
 from metatensor.torch import Labels
-from metatrain.utils.data import CollateFn, TargetInfo, unpack_batch
+from metatrain.utils.data import TargetInfo
 from metatrain.utils.evaluate_model import evaluate_model
 from metatrain.utils.io import model_from_checkpoint
-from metatrain.utils.neighbor_lists import (
-    get_requested_neighbor_lists,
-    get_system_with_neighbor_lists_transform,
-)
-from metatrain.utils.transfer import batch_to
-from torch.utils.data import DataLoader
 
+from .alignment import DatasetLike, evaluation_batches
 from .checkpoints import load_checkpoint_safely
 
 
 logger = logging.getLogger(__name__)
-
-DatasetLike = Union[Dataset, torch.utils.data.Subset]
 
 #: finetuning methods that change the backbone (metatrain drops stale heads there)
 BACKBONE_METHODS = ("full", "lora")
@@ -94,15 +87,6 @@ def with_pretrained_labels(
     """Copies of ``datasets`` whose samples also hold the pretrained model's
     predictions for ``targets`` (energies with their gradients, in float64 like
     the labels metatrain reads)."""
-    device = next(pretrained.parameters()).device
-    collate = CollateFn(
-        target_keys=[],
-        callables=[
-            get_system_with_neighbor_lists_transform(
-                get_requested_neighbor_lists(pretrained)
-            )
-        ],
-    )
     labelled = []
     for dataset in datasets:
         samples = [dataset[i]._asdict() for i in range(len(dataset))]
@@ -112,11 +96,10 @@ def with_pretrained_labels(
         predictions: Dict[str, List[mts.TensorMap]] = {name: [] for name in targets}
         # only the systems: the loader must not collate the run's own targets
         systems_only = Dataset.from_dict({"system": [s["system"] for s in samples]})
-        loader = DataLoader(systems_only, batch_size=batch_size, collate_fn=collate)
         offset = 0
-        for batch in loader:
-            systems, _, _ = unpack_batch(batch)
-            systems, _, _ = batch_to(systems, {}, {}, dtype=dtype, device=device)
+        for systems, _, _ in evaluation_batches(
+            pretrained, [systems_only], batch_size, dtype, []
+        ):
             outputs = evaluate_model(pretrained, systems, targets, is_training=False)
             for name in targets:
                 predictions[name].extend(
@@ -136,31 +119,22 @@ def _per_structure(
     """Split a batch prediction into one float64 CPU TensorMap per structure, with
     the structure's index in its dataset as ``system`` (as metatrain's readers do)."""
     selections = [Labels(["system"], torch.tensor([[i]])) for i in range(count)]
-    parts = mts.split(tensor_map.to("cpu"), "samples", selections)
+    parts = mts.split(tensor_map.to("cpu", torch.float64), "samples", selections)
     result = []
     for index, part in enumerate(parts):
         blocks = []
         for block in part.blocks():
-            samples = Labels(
-                block.samples.names,
-                _renumber_system(block.samples, offset + index),
-            )
             new = mts.TensorBlock(
-                values=block.values.to(torch.float64),
-                samples=samples,
+                values=block.values,
+                samples=Labels(
+                    block.samples.names,
+                    _renumber_system(block.samples, offset + index),
+                ),
                 components=block.components,
                 properties=block.properties,
             )
             for parameter, gradient in block.gradients():
-                new.add_gradient(
-                    parameter,
-                    mts.TensorBlock(
-                        values=gradient.values.to(torch.float64),
-                        samples=gradient.samples,
-                        components=gradient.components,
-                        properties=gradient.properties,
-                    ),
-                )
+                new.add_gradient(parameter, gradient.copy())
             blocks.append(new)
         result.append(mts.TensorMap(part.keys, blocks))
     return result
