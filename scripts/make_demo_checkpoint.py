@@ -1,6 +1,6 @@
 """Build the files of ``mtt-transfer demo`` from ``../shared/data`` (provenance).
 
-Writes into ``src/metatrain_pet_transfer/demo_data/``:
+Writes into ``src/metatrain_pet_transfer/cli/demo/data/``:
 
 - ``pbe0_train.xyz``: PBE0/def2-SVP frames the demo transfers to (2 per molecule),
 - ``pbe0_test.xyz``: held-out PBE0 frames of the same 26 molecules (3 per molecule,
@@ -36,7 +36,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
-DEMO_DATA = ROOT / "src" / "metatrain_pet_transfer" / "demo_data"
+DEMO_DATA = ROOT / "src" / "metatrain_pet_transfer" / "cli" / "demo" / "data"
 
 SEED = 0
 TRAIN_PER_MOLECULE = 2

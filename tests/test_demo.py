@@ -8,7 +8,7 @@ from pathlib import Path
 import yaml
 
 from metatrain_pet_transfer.cli import main
-from metatrain_pet_transfer.demo import DEMO_DATA
+from metatrain_pet_transfer.cli.demo import DEMO_DATA
 
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

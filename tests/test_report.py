@@ -6,7 +6,7 @@ import pytest
 
 from conftest import periodic_transfer, run_mtt, transfer_options, write_yaml
 from metatrain_pet_transfer.cli import main
-from metatrain_pet_transfer.report import zero_shot_metrics
+from metatrain_pet_transfer.cli.report import zero_shot_metrics
 
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -65,7 +65,11 @@ def test_default_report_folder_is_inside_the_run(finished_run):
 
 
 def test_zero_shot_line_names_match_train_csv(finished_run):
-    from metatrain_pet_transfer.report import find_run, read_train_csv, zero_shot_lines
+    from metatrain_pet_transfer.cli.report import (
+        find_run,
+        read_train_csv,
+        zero_shot_lines,
+    )
 
     run = find_run(finished_run)
     columns, _, _ = read_train_csv(run.train_csv)

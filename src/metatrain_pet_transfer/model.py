@@ -10,7 +10,7 @@ from metatomic.torch import (
 )
 from metatrain.pet import PET
 
-from .energy_levels import EnergyVariants, energy_variant_aliases
+from .recipe.energy_levels import EnergyVariants, energy_variant_aliases
 
 
 ARCHITECTURE_NAME = "pet_transfer"
@@ -59,7 +59,7 @@ class PETTransfer(PET):
     def export(self, metadata: Optional[ModelMetadata] = None) -> AtomisticModel:
         """PET's export, plus ``energy/<level>`` outputs for ``mtt::`` energy
         targets, so that simulation engines can select the new level of theory
-        (:mod:`.energy_levels`)."""
+        (:mod:`.recipe.energy_levels`)."""
         exported = super().export(metadata)
         aliases = energy_variant_aliases(self.dataset_info.targets, self.outputs)
         if not aliases:

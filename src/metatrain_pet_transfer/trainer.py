@@ -13,20 +13,21 @@ from metatrain.utils.abc import ModelInterface
 from metatrain.utils.data import Dataset
 from metatrain.utils.io import check_file_extension
 
-from .alignment import align
-from .distillation import keep_pretrained_heads
-from .lora import start_lora_at_pretrained
+from .checks.run_inputs import check_run_inputs
 from .model import PETTransfer
-from .preflight import check_run_inputs
+from .recipe.alignment import align
+from .recipe.distillation import keep_pretrained_heads
+from .recipe.lora import start_lora_at_pretrained
 
 
 class Trainer(PETTrainer):
     """Transfers a pretrained PET to new targets with metatrain's PET trainer.
 
     The recipe: take over the model loaded from ``training.finetune.read_from``,
-    align the new energy heads with the pretrained ones (:mod:`.alignment`), start
-    LoRA adapters as a no-op (:mod:`.lora`), keep the old energy heads valid if
-    asked (:mod:`.distillation`), run PET's training loop, and write checkpoints
+    check the run's inputs (:mod:`.checks`), align the new energy heads with the
+    pretrained ones (:mod:`.recipe.alignment`), start LoRA adapters as a no-op
+    (:mod:`.recipe.lora`), keep the old energy heads valid if asked
+    (:mod:`.recipe.distillation`), run PET's training loop, and write checkpoints
     atomically under this architecture's name.
     """
 

@@ -27,8 +27,8 @@ from metatrain.utils.data import TargetInfo
 from metatrain.utils.evaluate_model import evaluate_model
 from metatrain.utils.io import model_from_checkpoint
 
+from ..checkpoints import load_checkpoint_safely
 from .alignment import DatasetLike, evaluation_batches
-from .checkpoints import load_checkpoint_safely
 
 
 logger = logging.getLogger(__name__)

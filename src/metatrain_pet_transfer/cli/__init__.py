@@ -11,11 +11,11 @@ import os
 import sys
 from typing import List, Optional
 
-from . import demo, inspect_checkpoint, report
+from . import demo, inspect, report
 
 
 #: modules providing the subcommands, in the order ``--help`` lists them
-SUBCOMMANDS = (demo, inspect_checkpoint, report)
+SUBCOMMANDS = (demo, inspect, report)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -373,7 +373,7 @@ class Comparison:
 def _variant(target: str, outputs: Sequence[str]) -> tuple:
     """How ASE selects ``target`` in a model with these outputs:
     ``(variant, note)`` for ``MetatomicCalculator(variants={"energy": variant})``."""
-    from .energy_levels import energy_variant_name
+    from ...recipe.energy_levels import energy_variant_name
 
     if target.startswith("energy/") and target in outputs:
         return target[len("energy/") :], ""

@@ -33,7 +33,7 @@ _MAX_LISTED = 5
 def check_labels(section, model) -> List[str]:
     """Problems with the labels of the datasets read with one options section.
 
-    :param section: a :class:`.preflight.DatasetSection`
+    :param section: a :class:`.run_inputs.DatasetSection`
     :param model: the model after ``restart`` (its targets and cutoff)
     :return: one message per kind of problem and target, naming the structures
     """

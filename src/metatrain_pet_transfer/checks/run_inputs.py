@@ -11,8 +11,8 @@ defaults included) with the data the run would train on, and stops the run with 
 message that lists every problem, each naming the option, file and structures at
 fault and what to do.
 
-The checks themselves live in :mod:`.gradient_requests` (requested forces, stress and
-virial) and :mod:`.label_checks` (the labels, structure by structure).
+The checks themselves live in :mod:`.gradients` (requested forces, stress and
+virial) and :mod:`.labels` (the labels, structure by structure).
 """
 
 import logging
@@ -22,10 +22,10 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 
-from .alignment import trained_targets
-from .energy_levels import energy_variant_name
-from .gradient_requests import check_requested_gradients
-from .label_checks import check_labels
+from ..recipe.alignment import trained_targets
+from ..recipe.energy_levels import energy_variant_name
+from .gradients import check_requested_gradients
+from .labels import check_labels
 
 
 logger = logging.getLogger(__name__)

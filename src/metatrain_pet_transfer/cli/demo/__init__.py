@@ -35,10 +35,10 @@ from typing import List, Optional
 
 import numpy as np
 
-from . import report as run_report
+from .. import report as run_report
 
 
-DEMO_DATA = Path(__file__).resolve().parent / "demo_data"
+DEMO_DATA = Path(__file__).resolve().parent / "data"
 CHECKPOINT, TRAIN_XYZ, TEST_XYZ = (
     "pretrained_xtb.ckpt",
     "pbe0_train.xyz",

@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
-from .checkpoints import (
+from ...checkpoints import (
     PET_ARCHITECTURES,
     CheckpointError,
     check_pretrained_checkpoint,

@@ -20,7 +20,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from .label_checks import list_structures
+from .labels import list_structures
 
 
 logger = logging.getLogger(__name__)
@@ -32,7 +32,7 @@ GRADIENTS = {"forces": "positions", "stress": "strain", "virial": "strain"}
 def check_requested_gradients(section, files: Dict[str, object]) -> List[str]:
     """Problems with the gradients that ``section``'s options request.
 
-    :param section: a :class:`.preflight.DatasetSection` with options
+    :param section: a :class:`.run_inputs.DatasetSection` with options
     :param files: frames already read, by file name (filled here; ``None`` for a
         file ASE cannot read)
     :return: one message per requested gradient that the dataset does not hold
