@@ -1,0 +1,170 @@
+"""The whole report: find the run, evaluate its models, draw, write ``summary.md``.
+
+:func:`make_report` is what ``mtt-transfer report`` does; :func:`write_report` is the
+part the demo reuses with models it evaluated itself.
+"""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+import numpy as np
+
+from .evaluation import Comparison, evaluate, metrics_table
+from .history import read_train_csv, zero_shot_lines, zero_shot_metrics
+from .labels import energy_targets, report_structures
+from .plots import plot_learning_curve, plot_parity
+from .runs import ReportError, Run, find_run
+
+
+#: what the report writes, in its output folder
+PARITY_PNG, CURVE_PNG, SUMMARY_MD = "parity.png", "learning_curve.png", "summary.md"
+
+
+# ------------------------------------------------------------------------ the report
+
+
+@dataclass
+class Report:
+    """What :func:`write_report` wrote."""
+
+    folder: Path
+    parity: Optional[Path] = None
+    learning_curve: Optional[Path] = None
+    summary: Optional[Path] = None
+    comparisons: List[Comparison] = field(default_factory=list)
+    skipped: List[str] = field(default_factory=list)
+
+
+def write_report(
+    run: Run,
+    out: Path,
+    comparisons: List[Comparison],
+    structures_description: str,
+    other_targets: Sequence[str] = (),
+    extra_sections: Sequence[str] = (),
+    title: str = "Transfer report",
+    intro: str = "",
+) -> Report:
+    """Write the plots and ``summary.md`` of a run into ``out``.
+
+    :param intro: markdown placed before the errors
+    :param extra_sections: markdown sections appended at the end
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    report = Report(folder=out, comparisons=comparisons)
+    log_lines = zero_shot_lines(run.train_log)
+
+    if comparisons:
+        report.parity = plot_parity(comparisons, out / PARITY_PNG)
+    try:
+        report.learning_curve = plot_learning_curve(
+            run.train_csv, out / CURVE_PNG, zero_shot_metrics(log_lines)
+        )
+    except ReportError as error:
+        report.skipped.append(f"learning curve: {error}")
+
+    lines = [f"# {title}", ""]
+    lines += [
+        f"- run: `{run.outputs}`",
+        f"- model: `{run.model}`" if run.model else "- model: none found",
+        f"- structures: {structures_description}",
+        "",
+    ]
+    if intro:
+        lines += [intro.rstrip(), ""]
+    lines += ["## Errors", ""]
+    if comparisons:
+        lines += [metrics_table(comparisons, markdown=True), ""]
+        notes = [f"{c.model}: {c.note}." for c in comparisons if c.note]
+        lines += [
+            " ".join(
+                [
+                    "Energy errors per atom, force and stress errors per Cartesian "
+                    "component.",
+                    *notes,
+                ]
+            ),
+            "",
+            f"![parity plot]({PARITY_PNG})",
+            "",
+            "Parity: energies are shown per atom, minus a per-element baseline fitted "
+            "on the reference labels (the same for labels and predictions), so that "
+            "molecules of different composition share one axis.",
+            "",
+        ]
+    else:
+        lines += ["No energy target to evaluate.", ""]
+    if other_targets:
+        lines += [
+            f"Not plotted (not energy targets): {', '.join(other_targets)}.",
+            "",
+        ]
+    lines += ["## Training", ""]
+    if report.learning_curve is not None:
+        columns, units, rows = read_train_csv(run.train_csv)
+        lines += [f"{len(rows)} logged epochs (`{run.train_csv.name}`).", ""]
+        lines += _last_epoch_table(columns, units, rows)
+        lines += ["", f"![learning curve]({CURVE_PNG})", ""]
+    if log_lines:
+        lines += ["Alignment start (`train.log`):", "", "```"]
+        lines += log_lines
+        lines += ["```", ""]
+    for skipped in report.skipped:
+        lines += [f"- not written: {skipped}"]
+    for section in extra_sections:
+        lines += ["", section.rstrip(), ""]
+    report.summary = out / SUMMARY_MD
+    report.summary.write_text("\n".join(lines).rstrip() + "\n")
+    return report
+
+
+def _last_epoch_table(columns, units, rows) -> List[str]:
+    """Last and best value of each validation metric."""
+    lines = ["| metric | last epoch | best |", "|---|---|---|"]
+    for index, column in enumerate(columns):
+        if not column.startswith("validation ") or column == "validation loss":
+            continue
+        values = rows[:, index]
+        unit = units[index]
+        lines.append(
+            f"| {column} | {values[-1]:.4g} {unit} | {np.nanmin(values):.4g} {unit} |"
+        )
+    return lines
+
+
+def make_report(
+    run_dir,
+    out: Optional[Path] = None,
+    data: Optional[Path] = None,
+    model: Optional[Path] = None,
+    before: Optional[Path] = None,
+) -> Report:
+    """Everything ``mtt-transfer report`` does: find, evaluate, plot, summarize.
+
+    :param run_dir: the folder where ``mtt train`` ran, or its outputs folder
+    :param out: output folder (default ``<run_dir>/report``)
+    :param data: labelled structures to compare on (default: the run's test or
+        validation structures)
+    :param model: exported model to evaluate (default: the run's)
+    :param before: another exported model to compare with (e.g. the zero-shot one)
+    """
+    run = find_run(run_dir, model)
+    out = Path(out) if out is not None else Path(run_dir) / "report"
+    targets, others = energy_targets(run.options)
+    comparisons: List[Comparison] = []
+    description = "none"
+    if targets:
+        if run.model is None:
+            raise ReportError(
+                f"no exported model in '{run.outputs}' or '{run.base}' (expected "
+                "'model.pt', written by `mtt train`): pass --model"
+            )
+        structures = report_structures(run, data)
+        description = structures.description
+        if before is not None:
+            comparisons += evaluate(Path(before), structures, targets, "before")
+        comparisons += evaluate(
+            run.model, structures, targets, "after" if before else "model"
+        )
+    return write_report(run, out, comparisons, description, others)
