@@ -140,9 +140,13 @@ def compare_with_checkpoint(
             "validation_set/test_set options changed"
         )
         fix = f"Use the data and split options of that run: {with_options}"
+    listed = " and ".join(
+        [", ".join(differing[:-1]), differing[-1]] if len(differing) > 1 else differing
+    )
+    sets = f"{listed} set holds" if len(differing) == 1 else f"{listed} sets hold"
     return [
         f"--restart: this run does not split the data as the run it continues "
-        f"({checkpoint}): its {', '.join(differing)} set(s) hold other structures "
+        f"({checkpoint}): its {sets} other structures "
         f"({sizes}); {cause}. Continuing would train on other structures, and could "
         f"report as test errors structures that run trained on. {fix}"
     ]
