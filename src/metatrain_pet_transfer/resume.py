@@ -12,11 +12,14 @@ Every checkpoint ``pet_transfer`` writes carries, under :data:`RECORD_KEY`:
 - ``random_state``: the states of torch's (CPU, and CUDA when present), numpy's and
   Python's global generators when the checkpoint was written. PET writes its epoch
   checkpoints at the very end of an epoch, so this is the state at the start of the
-  next one: the per-epoch draws of PET's loop (the shuffling sampler's seed, the
-  rotational augmentations, the order of the batches of several training sets) all
-  come from these generators. The restarted run puts it back when PET restores the
-  optimizer state, the last step of its set-up before the first resumed epoch (see
-  :meth:`.model.PETTransfer.has_new_targets`);
+  next one: the draws of PET's loop in the main process (the shuffling sampler's
+  seed, the rotational augmentations when ``num_workers: 0``) come from these
+  generators. The restarted run puts it back when PET restores the optimizer
+  state, the last step of its set-up before the first resumed epoch (see
+  :meth:`.model.PETTransfer.has_new_targets`). Two draws of an epoch's end happen
+  before its checkpoint is written and are not reproduced for the first resumed
+  epoch: the seeds of data-loading workers (their augmentations) and the order in
+  which the batches of several training sets alternate;
 - ``seed``, ``run_folder`` and ``splits``: the run's seed, its output folder (where
   its ``options_restart.yaml`` is) and a fingerprint of each split, compared before a
   restart trains (:mod:`.checks.splits`).

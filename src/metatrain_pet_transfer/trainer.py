@@ -91,6 +91,7 @@ class Trainer(PETTrainer):
         if self._restart_record is not None:
             # put back when PET restores the optimizer state, after its set-up
             model.resume_random_state(self._restart_record["random_state"])
+            self._say_when_resume_is_not_exact(len(train_datasets))
         if is_restart:
             restore_learning_rate_at_first_step(model, self.optimizer_state_dict)
         is_finetune = self.hypers["finetune"]["read_from"] is not None
@@ -155,6 +156,27 @@ class Trainer(PETTrainer):
             os.replace(temporary, path)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
+
+    def _say_when_resume_is_not_exact(self, n_training_sets: int) -> None:
+        # what the record cannot reproduce (docs/reliability.md): the random state of
+        # data-loading workers, and the batch order of several training sets, are
+        # drawn at the end of an epoch, before its checkpoint is written
+        from metatrain.utils.data import get_num_workers
+
+        workers = self.hypers.get("num_workers")
+        workers = get_num_workers() if workers is None else workers
+        reasons = []
+        if workers > 0:
+            reasons.append(f"{workers} data-loading workers (num_workers: 0 avoids it)")
+        if n_training_sets > 1:
+            reasons.append(f"{n_training_sets} training sets")
+        if reasons:
+            logger.info(
+                "The checkpoint's random state is put back, but with "
+                + " and ".join(reasons)
+                + " the first resumed epoch draws other augmentations or batch order "
+                "than an uninterrupted run would"
+            )
 
     def _save_with_record(self, model: PETTransfer, path: Path) -> None:
         # PET's save, plus the record a restart needs (:mod:`.resume`). The random
