@@ -200,7 +200,7 @@ def finished_run_test_indices(folder) -> List[int]:
     return [int(i) for i in np.atleast_1d(np.loadtxt(path, dtype=int))]
 
 
-def test_fraction_labels(options, folder):
+def broken_labels_in_test_fraction(options, folder):
     test = finished_run_test_indices(folder)
 
     def edit(frames):
@@ -211,7 +211,7 @@ def test_fraction_labels(options, folder):
     return test
 
 
-def test_file_labels(options, folder):
+def broken_labels_in_test_file(options, folder):
     frames = ase.io.read(folder / "pbe0_small.xyz", ":10")
     frames[2].info["energy_pbe0"] = float("nan")
     frames[4].arrays["forces_pbe0"][1, 0] = float("-inf")
@@ -379,7 +379,7 @@ CASES = [
     ),
     Case(
         "test-fraction-labels",
-        test_fraction_labels,
+        broken_labels_in_test_fraction,
         [
             f"training_set.targets['{T}'].forces: infinite label in structures "
             "13, 14, 22, 27 of 'pbe0_small.xyz'",
@@ -387,7 +387,7 @@ CASES = [
     ),
     Case(
         "test-file-labels",
-        test_file_labels,
+        broken_labels_in_test_file,
         [
             f"test_set.targets['{T}']: the energy is NaN in structure 2 of "
             "'pbe0_test.xyz'",
