@@ -25,6 +25,7 @@ import torch
 from ..recipe.alignment import trained_targets
 from ..recipe.energy_levels import energy_variant_name
 from .gradients import check_requested_gradients
+from .guard import Guard
 from .labels import check_labels
 
 
@@ -86,15 +87,18 @@ def check_run_inputs(
     options = _read_expanded_options(checkpoint_dir)
     sections = _sections(options, train_datasets, val_datasets)
 
+    guard = Guard()  # one rule that fails loses only itself (checks/guard.py)
     problems = _check_splits(options, train_datasets, val_datasets, sections)
-    problems += _guarded(_check_exported_names, model, train_datasets)
+    problems += _guarded(guard, _check_exported_names, model, train_datasets)
     files: Dict[str, object] = {}  # frames read again to explain a problem
     for section in sections:
         if section.first_sample() is None:
             continue
         if section.options is not None:
-            problems += _guarded(check_requested_gradients, section, files)
-        problems += _guarded(check_labels, section, model)
+            problems += _guarded(
+                guard, check_requested_gradients, section, files, guard
+            )
+        problems += _guarded(guard, check_labels, section, model, guard)
 
     problems = _unique(problems)
     if problems:
@@ -111,17 +115,11 @@ def check_run_inputs(
     )
 
 
-def _guarded(check: Callable[..., List[str]], *args) -> List[str]:
-    # a check that fails on inputs it did not foresee must not stop a training
-    # that metatrain would run: it is skipped, and said so
-    try:
-        return check(*args)
-    except Exception as error:
-        logger.warning(
-            f"pet_transfer could not run its input check {check.__name__} "
-            f"({type(error).__name__}: {error}); the run goes on without it"
-        )
-        return []
+def _guarded(guard: Guard, check: Callable[..., List[str]], *args) -> List[str]:
+    # each rule inside a check runs under `guard` itself, so what a check found is
+    # kept when one of its rules fails; this catches what is left (outside any
+    # rule): a check that fails there must not stop a training metatrain would run
+    return guard.run(check.__name__, check, *args, default=[])
 
 
 def _read_expanded_options(checkpoint_dir: str) -> Optional[dict]:
