@@ -223,6 +223,10 @@ def test_periodic_transfer_with_stress(tmp_path, pretrained_bulk_checkpoint, gra
     )
     stress = atoms.get_stress()
     assert stress.shape == (6,) and np.all(np.isfinite(stress))
+    # the served stress is the strain derivative of the served energy (central
+    # differences, steps of 1e-3 in the strain: float32 energies)
+    numerical = atoms.calc.calculate_numerical_stress(atoms, d=1e-3, voigt=True)
+    np.testing.assert_allclose(stress, numerical, rtol=0.02, atol=2e-4)
 
 
 def test_generic_targets_get_new_heads(workdir):
@@ -275,6 +279,25 @@ def test_new_level_under_existing_name_refits_composition(workdir):
     after = load_model(workdir / "model.ckpt")
     old, new = composition(before, "energy"), composition(after, "energy")
     assert all(abs(new[t] - old[t]) > 1.0 for t in [1, 6, 8])
+
+    # the refit is the least-squares fit of the residual on the training frames:
+    # PBE0 labels minus the pretrained model's energies (through ASE here), per
+    # element (minimum norm: an element absent from them keeps its weight)
+    from metatomic_ase import MetatomicCalculator
+
+    run_mtt(["export", "pretrained.ckpt", "-o", "pretrained.pt"], cwd=workdir)
+    calculator = MetatomicCalculator(str(workdir / "pretrained.pt"))
+    frames = training_frames(workdir)
+    predicted = np.array([calculator.get_potential_energy(f) for f in frames])
+    labels = np.array([f.info["energy_pbe0"] for f in frames])
+    types = sorted(old)
+    shift, *_ = np.linalg.lstsq(
+        type_counts(frames, types), labels - predicted, rcond=None
+    )
+    expected = {t: old[t] + s for t, s in zip(types, shift, strict=True)}
+    for t in types:
+        # float32 energies of ~10^3 eV: agreement to a few meV per atom type
+        assert new[t] == pytest.approx(expected[t], abs=5e-3), (t, new, expected)
 
 
 def test_bad_checkpoints_stop_before_training(workdir):
