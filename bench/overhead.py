@@ -135,8 +135,11 @@ def median_interval(values, confidence: float = 0.95) -> tuple:
     return ordered[k - 1], ordered[n - k], coverage(k)
 
 
-def verdict(low: float, high: float, target: float) -> str:
-    """Whether the interval says the ratio is within ``1 + target``."""
+def verdict(low: float, high: float, target: float, enough: bool = True) -> str:
+    """Whether the interval says the ratio is within ``1 + target``; ``enough``:
+    whether it reaches the confidence asked for (too few pairs resolve nothing)."""
+    if not enough:
+        return f"within {target:.0%}: not resolved by this interval, too few pairs"
     if high <= 1 + target:
         return f"within {target:.0%}: met"
     if low > 1 + target:
@@ -266,7 +269,8 @@ def main():
             f"[{low:.3f}-{high:.3f} at {coverage:.1%}]"
         )
         if key in targets:
-            line += f"  {verdict(low, high, targets[key])}"
+            enough = coverage >= args.confidence
+            line += f"  {verdict(low, high, targets[key], enough)}"
         print(line)
     native = statistics.median(rows["pet"]["epoch"])
     rss = statistics.median(rows["pet"]["rss"])

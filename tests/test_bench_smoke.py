@@ -485,3 +485,4 @@ def test_overhead_interval_of_the_median():
     assert "not resolved" in overhead.verdict(0.865, 1.036, 0.03)
     assert overhead.verdict(0.98, 1.02, 0.03).endswith("met")
     assert overhead.verdict(1.04, 1.10, 0.03).endswith("missed")
+    assert "too few pairs" in overhead.verdict(1.0, 1.0, 0.03, enough=False)
