@@ -306,6 +306,23 @@ def test_a_best_learning_rate_at_an_edge_extends_the_grid(tmp_path):
     assert harness.search("native-full", campaign.settings, 231, results).at_edge
 
 
+def test_the_published_folders_are_never_resumed(tmp_path):
+    """Written before campaign specs (and mixing three campaigns): the command
+    refuses to add runs to them; the re-run starts from an empty folder."""
+    import json
+
+    load_harness()
+    from transfer_campaign.splits import check_or_write_record
+
+    for name in ["learning_curve", "pbe0_n100"]:
+        published = TESTS.parent / "bench" / "results" / name / "splits.json"
+        copy = tmp_path / f"{name}.json"
+        copy.write_text(published.read_text())
+        record = {**json.loads(copy.read_text()), "campaign": f"{name}.yaml"}
+        with pytest.raises(SystemExit, match=r"differs in \['campaign'\]"):
+            check_or_write_record(copy, record)
+
+
 def test_the_ladder_steps():
     harness = load_harness()
     assert harness.ladder_step(1e-3, +1) == 3e-3

@@ -243,9 +243,34 @@ def test_periodic_transfer_with_stress(tmp_path, pretrained_bulk_checkpoint, gra
     )
     stress = atoms.get_stress()
     assert stress.shape == (6,) and np.all(np.isfinite(stress))
-    # the served stress is the strain derivative of the served energy
-    numerical = numerical_stress(atoms, step=5e-3)
-    np.testing.assert_allclose(stress, numerical, rtol=0.02, atol=1e-4)
+    # the served stress is the strain derivative of the served energy: float32
+    # energies of ~760 eV leave ~3e-5 eV/A^3 of noise on stresses of ~1e-3, so
+    # this catches a wrong sign, unit or volume, not a few percent
+    numerical = numerical_stress(atoms, step=1e-2)
+    np.testing.assert_allclose(stress, numerical, rtol=0.05, atol=6e-5)
+
+
+def test_periodic_aligned_start_serves_the_pretrained_stress(
+    tmp_path, pretrained_bulk_checkpoint
+):
+    """0 epochs export the aligned start: the pretrained head plus per-element
+    shifts, which do not depend on strain, so the new level's stress is the
+    pretrained model's, to float32 precision."""
+    from metatomic_ase import MetatomicCalculator
+
+    options = periodic_transfer(tmp_path, pretrained_bulk_checkpoint, "stress")
+    options["architecture"]["training"]["num_epochs"] = 0
+    train(tmp_path, options)
+    run_mtt(["export", "pretrained.ckpt", "-o", "pretrained.pt"], cwd=tmp_path)
+    new = MetatomicCalculator(str(tmp_path / "model.pt"), variants={"energy": "gfn2"})
+    old = MetatomicCalculator(str(tmp_path / "pretrained.pt"))
+    for atoms in ase.io.read(tmp_path / "bulk_small.xyz", ":3"):
+        stresses = []
+        for calculator in (new, old):
+            atoms.calc = calculator
+            stresses.append(atoms.get_stress())
+        # stresses of ~1e-3 eV/A^3 (float32 models)
+        np.testing.assert_allclose(stresses[0], stresses[1], rtol=1e-4, atol=1e-7)
 
 
 def test_generic_targets_get_new_heads(workdir):
