@@ -1,77 +1,130 @@
 """Which runs a campaign does: every row at every N and seed, with its lr and epochs.
 
-Part of ``bench/learning_curve.py`` (planning side). ``planned_runs`` lists the runs
-in the order they are done; ``runs_of_row`` says how many runs a row gets at one
-(N, seed) and with which learning rates (the ``--lrs`` search, the lr selected at
-``--lr-from``, the scratch lr or the architecture's default); ``epoch_budget`` gives
-its epochs (halved from ``--half-epochs-from`` on).
+Part of ``bench/learning_curve.py`` (planning side). The plan depends on the results
+already in ``results.csv``: a row that searches its learning rate first trains the
+spec's grid at the search (N, seed); when the best validation force MAE is at an edge
+of what was tried, the next value on the 1-3-10 ladder beyond it is added
+(``lr_search.max_extensions`` times at most); once the search is complete, every
+other (N, seed) of the row uses the selected learning rate. ``planned_runs`` is
+therefore asked again after each wave of runs, until nothing new is planned.
+``epoch_budget`` gives a row's epochs (halved from ``epochs.halve_from_n`` on).
 """
 
-from typing import List, Optional
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
 
 from .settings import ROWS, Pretrained, Row, Run, Settings
+from .spec import ladder_step
 from .splits import Campaign, resolve_n
-from .tables import load_results
 
 
-def planned_runs(campaign: Campaign) -> List[Run]:
-    """Every run of the campaign, in the order they are done: by seed, N, row."""
-    settings = campaign.settings
-    runs = []
-    for seed in settings.seeds:
-        for value in settings.ns:
-            n = resolve_n(value, campaign.splits["pool_size"])
-            for name in settings.rows:
-                runs.extend(runs_of_row(name, n, seed, settings, campaign.pretrained))
-    return runs
+@dataclass(frozen=True)
+class Search:
+    """Where a row's learning-rate search stands."""
+
+    runs: List[Run]  # every run of the search so far (grid and extensions)
+    selected: Optional[float]  # None while runs are missing
+    at_edge: bool  # the selection is still at an edge of what was tried
 
 
-def epoch_budget(row: "Row", n: int, settings: Settings) -> int:
-    """The row's epochs at N: halved from ``--half-epochs-from`` on (every row alike),
-    so that big training sets cost about as many steps as N=100 does."""
+def epoch_budget(row: Row, n: int, settings: Settings) -> int:
+    """The row's epochs at N: halved from ``halve_from_n`` on (every row alike), so
+    that big training sets cost about as many steps as N=100 does."""
     epochs = settings.scratch_epochs if row.budget == "scratch" else settings.epochs
     if settings.half_epochs_from is not None and n >= settings.half_epochs_from:
         epochs = max(1, epochs // 2)
     return epochs
 
 
-def searched_lr(name: str, settings: Settings) -> Optional[float]:
-    """The learning rate selected for ``name`` at N = ``--lr-from`` (most frequent
-    over seeds), read from the campaign's CSV; ``None`` if that search is not done."""
-    chosen = [
-        r["lr"]
-        for r in load_results(settings.out / "results.csv")
-        if r["row"] == name
-        and r["N"] == str(settings.lr_from)
-        and r["selected"] == "yes"
-    ]
-    if not chosen:
-        return None
-    return float(max(sorted(set(chosen)), key=chosen.count))
+def _validation_errors(results: List[dict]) -> Dict[tuple, Tuple[float, float]]:
+    """(row, N, seed, lr, epochs) of every successful run: its validation errors."""
+    return {
+        (r["row"], r["N"], r["seed"], r["lr"], r["epochs"]): (
+            float(r["val_force_mae_meV_A"]),
+            float(r["val_energy_mae_meV_atom"]),
+        )
+        for r in results
+        if r["status"] == "ok"
+    }
 
 
-def runs_of_row(name, n, seed, settings: Settings, pretrained: Pretrained) -> List[Run]:
-    """A row's runs at one (N, seed): one per learning rate, or a single one.
+def search(
+    name: str, settings: Settings, pool_size: int, results: List[dict]
+) -> Search:
+    """The learning-rate search of row ``name``, with the edge rule applied."""
+    n = resolve_n(settings.lr_search.n, pool_size)
+    seed = settings.lr_search.seed
+    epochs = epoch_budget(ROWS[name], n, settings)
+    errors = _validation_errors(results)
+    tried = sorted(settings.lr_search.grid)
+    extensions = 0
+    while True:
+        runs = [Run(name, n, seed, lr, epochs) for lr in tried]
+        done = {run.lr: errors.get(run.key) for run in runs}
+        if any(value is None for value in done.values()):
+            return Search(runs, None, False)
+        # the same rule as tables.mark_selected: force MAE, then energy MAE
+        best = min(tried, key=lambda lr: done[lr])
+        low, high = best == tried[0], best == tried[-1]
+        if not (low or high) or extensions == settings.lr_search.max_extensions:
+            return Search(runs, best, low or high)
+        # one more step beyond each edge the best sits on
+        if low:
+            tried.insert(0, ladder_step(best, -1))
+        if high:
+            tried.append(ladder_step(best, +1))
+        extensions += 1
 
-    With ``--lr-from N0``, search rows run the whole ``--lrs`` grid at N0 only, and
-    at every other N the learning rate selected at N0 (so N0 must be done first).
-    """
+
+def runs_of_row(
+    name: str,
+    n: int,
+    seed: int,
+    settings: Settings,
+    pretrained: Pretrained,
+    searches: Dict[str, Search],
+) -> List[Run]:
+    """A row's run at one (N, seed); ``[]`` while its learning rate is not known."""
     row = ROWS[name]
     if row.architecture is None:
         return [Run(name, n, seed, None, 0, trains=False)]
     epochs = epoch_budget(row, n, settings)
     if row.lr == "search":
-        if settings.lr_from is not None and n != settings.lr_from:
-            lr = searched_lr(name, settings)
-            if lr is None:
-                raise SystemExit(
-                    f"--lr-from {settings.lr_from}: row {name} has no selected "
-                    f"learning rate at N={settings.lr_from} in "
-                    f"{settings.out / 'results.csv'}; run that N first"
-                )
-            return [Run(name, n, seed, lr, epochs)]
-        return [Run(name, n, seed, lr, epochs) for lr in settings.lrs]
+        selected = searches[name].selected
+        return [] if selected is None else [Run(name, n, seed, selected, epochs)]
     if row.lr == "scratch":
         lr = settings.scratch_lr or pretrained.learning_rate
         return [Run(name, n, seed, lr, epochs)]
     return [Run(name, n, seed, None, epochs)]
+
+
+def searches_of(campaign: Campaign, results: List[dict]) -> Dict[str, Search]:
+    """The learning-rate search of every row that searches one."""
+    pool = campaign.splits["pool_size"]
+    return {
+        name: search(name, campaign.settings, pool, results)
+        for name in campaign.settings.rows
+        if ROWS[name].lr == "search"
+    }
+
+
+def planned_runs(campaign: Campaign, results: List[dict]) -> List[Run]:
+    """Every run the results so far call for: the searches first, then by seed, N,
+    row. Runs waiting for a search are not listed yet."""
+    settings = campaign.settings
+    searches = searches_of(campaign, results)
+    runs = [run for name in searches for run in searches[name].runs]
+    for seed in settings.seeds:
+        for block in settings.blocks:
+            if seed not in block.seeds:
+                continue
+            for value in block.ns:
+                n = resolve_n(value, campaign.splits["pool_size"])
+                for name in block.rows:
+                    runs.extend(
+                        runs_of_row(
+                            name, n, seed, settings, campaign.pretrained, searches
+                        )
+                    )
+    unique = list(dict.fromkeys(runs))  # a search run may also be a block's run
+    return unique

@@ -1,11 +1,14 @@
-"""Doing the runs: ``mtt train``, ``mtt eval`` subprocesses, scoring their predictions.
+"""Doing the runs: ``mtt train``, ``mtt eval`` subprocesses, scored and cross-checked.
 
 Part of ``bench/learning_curve.py`` (running side). Each trained row is an
 ``options.yaml`` in a fresh run folder, ``mtt train`` and ``mtt eval`` as a user
-runs them; the errors are computed here from the predictions ``mtt eval`` writes
-(and cross-checked against what it prints). ``zero-shot`` evaluates the pretrained
-model once and fits per-element energy shifts. ``run_campaign`` does the runs not
-yet in ``results.csv``, merging each result under a file lock.
+runs them; the errors are computed (``scoring``) from the predictions ``mtt eval``
+writes and must agree with those it prints. ``zero-shot`` evaluates the pretrained
+model once and fits per-element energy shifts. ``run_campaign`` does, wave after
+wave, the runs the plan calls for and ``results.csv`` does not hold yet (the plan
+grows as learning-rate searches complete), one or several at a time, merging each
+result under a lock; a run that fails or disagrees with ``mtt eval`` is recorded as
+``failed`` and stops the campaign with a non-zero exit naming its run folder.
 """
 
 import contextlib
@@ -13,25 +16,32 @@ import fcntl
 import json
 import os
 import re
-import resource
 import shutil
 import subprocess
+import threading
 import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Optional, Sequence
+from typing import List
 
 import numpy as np
 
-from .planning import planned_runs
-from .settings import ENERGY_KEY, FORCES_KEY, ROWS, Run, Settings
-from .splits import (
-    Campaign,
-    prepare,
-    sha256,
-    write_frames_if_changed,
+from .planning import planned_runs, searches_of
+from .scoring import (
+    composition,
+    cross_check,
+    fit_element_shifts,
+    read_predictions,
+    split_metrics,
 )
+from .settings import ENERGY_KEY, FORCES_KEY, ROWS, Run, Settings
+from .splits import Campaign, prepare, sha256, write_frames_if_changed
 from .tables import load_results, report, result_key
+
+
+class CampaignStopped(SystemExit):
+    """A run failed or its scores disagree with ``mtt eval``: nothing more runs."""
 
 
 # ---------------------------------------------------------------------- mtt, in a shell
@@ -41,8 +51,8 @@ from .tables import load_results, report, result_key
 class Finished:
     """How an ``mtt`` command ended: exit status, wall and CPU seconds.
 
-    CPU seconds (the command's user + system time) stay comparable when other
-    jobs share the machine; wall seconds do not.
+    CPU seconds (the command's own user + system time, from its rusage) stay
+    comparable when other jobs share the machine; wall seconds do not.
     """
 
     rc: int
@@ -57,22 +67,23 @@ def mtt(settings: Settings, folder: Path, log: str, *args: str) -> Finished:
     """
     env = dict(os.environ, OMP_NUM_THREADS=str(settings.threads))
     env["PYTHONWARNINGS"] = "ignore"
-    begin, cpu_before = time.perf_counter(), children_cpu_seconds()
+    begin = time.perf_counter()
     with open(folder / log, "w") as stream:
-        command = [str(settings.mtt), *args]
-        result = subprocess.run(
-            command, cwd=folder, env=env, stdout=stream, stderr=subprocess.STDOUT
+        process = subprocess.Popen(
+            [str(settings.mtt), *args],
+            cwd=folder,
+            env=env,
+            stdout=stream,
+            stderr=subprocess.STDOUT,
         )
+        # this child's own rusage: right even with several runs at once
+        _, status, usage = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(status)
     return Finished(
-        result.returncode,
+        process.returncode,
         time.perf_counter() - begin,
-        children_cpu_seconds() - cpu_before,
+        usage.ru_utime + usage.ru_stime,
     )
-
-
-def children_cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
 
 
 def error_line(log: Path) -> str:
@@ -128,85 +139,6 @@ def mtt_eval(
     return folder / "predictions.xyz", finished
 
 
-# ----------------------------------------------------------------------------- metrics
-
-
-def read_predictions(path: Path, target: str, reference):
-    """Energies (eV) and forces (eV/Å) that ``mtt eval`` wrote, frame by frame.
-
-    ``mtt eval`` stores ``<target>_positions_gradients`` (dE/dr), so forces are its
-    negative. The geometries are checked against ``reference`` so a reordering can
-    never pair the wrong labels.
-    """
-    import ase.io
-
-    predicted = ase.io.read(path, ":")
-    if len(predicted) != len(reference):
-        raise ValueError(f"{path}: {len(predicted)} frames, expected {len(reference)}")
-    energies, forces = [], []
-    for atoms, ref in zip(predicted, reference, strict=True):
-        if not np.allclose(atoms.positions, ref.positions, atol=1e-5):
-            raise ValueError(f"{path}: frames are not in the order of the eval set")
-        energies.append(float(_info_or_calc(atoms, target)))
-        gradient = np.asarray(atoms.info[f"{target}_positions_gradients"], dtype=float)
-        forces.append(-gradient.reshape(-1, 3))
-    return np.array(energies), forces
-
-
-def _info_or_calc(atoms, key: str):
-    """ASE's extxyz reader moves a plain ``energy`` into a calculator."""
-    if key in atoms.info:
-        return atoms.info[key]
-    return atoms.calc.results[key]
-
-
-def errors(energies, forces, frames) -> Dict[str, float]:
-    """Energy MAE per atom (meV/atom) and force MAE over components (meV/Å).
-
-    The same definitions as metatrain's "MAE (per atom)" and gradient MAE.
-    """
-    reference = np.array([atoms.info[ENERGY_KEY] for atoms in frames])
-    n_atoms = np.array([len(atoms) for atoms in frames])
-    force_errors = np.concatenate(
-        [
-            np.abs(f - atoms.arrays[FORCES_KEY]).ravel()
-            for f, atoms in zip(forces, frames, strict=True)
-        ]
-    )
-    return {
-        "energy": 1000 * float(np.mean(np.abs(energies - reference) / n_atoms)),
-        "force": 1000 * float(force_errors.mean()),
-    }
-
-
-def logged_errors(log: Path) -> Optional[Dict[str, float]]:
-    """The MAEs ``mtt eval`` printed, to cross-check our own computation."""
-    text = log.read_text(errors="replace")
-    energy = re.findall(r"MAE \(per atom\): ([0-9.eE+-]+) meV", text)
-    force = re.findall(r"positions_gradients MAE: ([0-9.eE+-]+) meV/A", text)
-    if not (energy and force):
-        return None
-    return {"energy": float(energy[-1]), "force": float(force[-1])}
-
-
-def composition(frames, elements: Sequence[int]) -> np.ndarray:
-    """Number of atoms of each element, one row per frame."""
-    return np.array(
-        [[np.sum(atoms.numbers == z) for z in elements] for atoms in frames],
-        dtype=float,
-    )
-
-
-def fit_element_shifts(frames, residuals: np.ndarray, elements: Sequence[int]):
-    """Least-squares per-element energies (eV) explaining ``residuals`` (eV/frame).
-
-    Composition models do the same; with few frames the minimum-norm solution keeps
-    the shifts of elements the data cannot tell apart finite.
-    """
-    shifts, *_ = np.linalg.lstsq(composition(frames, elements), residuals, rcond=None)
-    return shifts
-
-
 # ---------------------------------------------------------------------------- the runs
 
 
@@ -217,27 +149,19 @@ def train_file(campaign: Campaign, n: int, seed: int) -> Path:
     return path
 
 
-def split_metrics(energies, forces, campaign: Campaign) -> Dict[str, float]:
-    """Validation and test errors from predictions on the val+test file."""
-    n_val = len(campaign.splits["val"])
-    val = errors(
-        energies[:n_val], forces[:n_val], campaign.subset(campaign.splits["val"])
-    )
-    test = errors(
-        energies[n_val:], forces[n_val:], campaign.subset(campaign.splits["test"])
-    )
-    return {
-        "val_energy_mae_meV_atom": val["energy"],
-        "val_force_mae_meV_A": val["force"],
-        "test_energy_mae_meV_atom": test["energy"],
-        "test_force_mae_meV_A": test["force"],
-    }
+def run_folder(run: Run, campaign: Campaign) -> Path:
+    """Where a run writes (zero-shot: the cached pretrained evaluation)."""
+    settings = campaign.settings
+    if ROWS[run.row].architecture is None:
+        digest = sha256(settings.checkpoint)[:12]
+        return settings.runs / "zero-shot" / f"pretrained-{digest}"
+    return settings.runs / run.row / run.folder_name
 
 
 def train_and_evaluate(run: Run, campaign: Campaign) -> dict:
     """``mtt train`` in a fresh run folder, then ``mtt eval`` on validation + test."""
     settings, row = campaign.settings, ROWS[run.row]
-    folder = settings.runs / run.row / run.folder_name
+    folder = run_folder(run, campaign)
     shutil.rmtree(folder, ignore_errors=True)  # a run interrupted earlier
     folder.mkdir(parents=True)
     options = {
@@ -265,31 +189,18 @@ def train_and_evaluate(run: Run, campaign: Campaign) -> dict:
         return {**result, "status": "failed", "error": error_line(folder / "eval.log")}
     energies, forces = read_predictions(predictions, row.target, campaign.val_test)
     result.update(split_metrics(energies, forces, campaign))
-    result.update(
-        status="ok", error=cross_check(energies, forces, campaign, folder / "eval.log")
-    )
-    return result
-
-
-def cross_check(energies, forces, campaign: Campaign, log: Path) -> str:
-    """An empty string when our MAEs on val+test agree with what mtt eval printed."""
-    ours = errors(energies, forces, campaign.val_test)
-    theirs = logged_errors(log)
-    if theirs is None:
-        return ""
-    off = [k for k in ours if abs(ours[k] - theirs[k]) > 0.01 * theirs[k] + 0.5]
-    return f"warning: MAE differs from mtt eval's log ({off})" if off else ""
+    cross_check(energies, forces, campaign.val_test, folder / "eval.log")
+    return {**result, "status": "ok", "error": ""}
 
 
 def pretrained_predictions(campaign: Campaign):
     """The pretrained model's energies and forces on every frame, computed once.
 
     Exported with ``mtt export`` and evaluated with ``mtt eval`` on the whole data
-    file; cached under ``<runs>/zero-shot/pretrained-<checkpoint hash>``.
+    file (cross-checked against the MAEs it prints); cached in the zero-shot folder.
     """
     settings = campaign.settings
-    digest = sha256(settings.checkpoint)[:12]
-    folder = settings.runs / "zero-shot" / f"pretrained-{digest}"
+    folder = run_folder(Run("zero-shot", 0, 0, None, 0, trains=False), campaign)
     done = folder / "timing.json"
     if not (done.exists() and "cpu_s" in done.read_text()):
         shutil.rmtree(folder, ignore_errors=True)
@@ -314,15 +225,14 @@ def pretrained_predictions(campaign: Campaign):
     energies, forces = read_predictions(
         folder / "predictions.xyz", campaign.pretrained.target, campaign.frames
     )
+    # before any shift: the pretrained model against the labels, as mtt eval printed
+    cross_check(energies, forces, campaign.frames, folder / "eval.log")
     return energies, forces, timing, folder
 
 
 def zero_shot(run: Run, campaign: Campaign) -> dict:
     """The pretrained model plus per-element shifts fitted on the N training frames."""
-    try:
-        energies, forces, timing, folder = pretrained_predictions(campaign)
-    except RuntimeError as error:
-        return {"status": "failed", "error": str(error), "wall_s": float("nan")}
+    energies, forces, timing, folder = pretrained_predictions(campaign)
     train = campaign.training_indices(run.n, run.seed)
     elements = sorted({int(z) for atoms in campaign.frames for z in atoms.numbers})
     reference = np.array([atoms.info[ENERGY_KEY] for atoms in campaign.frames])
@@ -336,68 +246,176 @@ def zero_shot(run: Run, campaign: Campaign) -> dict:
 
 
 def attempt(run: Run, campaign: Campaign) -> dict:
-    """One run; whatever goes wrong is recorded as a failed run, not a crash."""
+    """One run; whatever goes wrong is recorded as a failed run (and stops the
+    campaign once recorded)."""
     train = zero_shot if ROWS[run.row].architecture is None else train_and_evaluate
     try:
         return train(run, campaign)
-    except Exception as error:  # noqa: BLE001  (a campaign outlives one bad run)
+    except Exception as error:  # noqa: BLE001  (recorded in results.csv first)
         return {
             "status": "failed",
             "error": f"{type(error).__name__}: {error}",
             "wall_s": float("nan"),
+            "run_dir": str(run_folder(run, campaign)),
         }
 
 
-def run_campaign(settings: Settings, plan_only: bool = False) -> int:
-    """Do the runs not yet in ``<out>/results.csv``, reporting after each one."""
-    campaign, record = prepare(settings)
-    results = load_results(settings.out / "results.csv")
-    done = {result_key(r) for r in results if r["status"] == "ok"}
-    todo = [run for run in planned_runs(campaign) if run.key not in done]
-    print(f"{len(todo)} runs to do, {len(done)} already in {settings.out}", flush=True)
+# ------------------------------------------------------------------------ the campaign
+
+
+def refuse_foreign_results(campaign: Campaign, results: List[dict]) -> None:
+    """A results folder holds only what its campaign plans, run by this harness in
+    its own run folders: no hand-merged rows from other campaigns."""
+    settings = campaign.settings
+    planned = {run.key for run in planned_runs(campaign, results)}
+    foreign = [
+        f"{r['row']} N={r['N']} seed={r['seed']} lr={r['lr']} ({r['run_dir']})"
+        for r in results
+        if result_key(r) not in planned
+        or not r["run_dir"].startswith(str(settings.runs) + os.sep)
+    ]
+    if foreign:
+        raise CampaignStopped(
+            f"{settings.out / 'results.csv'} holds runs that the campaign "
+            f"{settings.spec} does not plan, or made outside its run folders "
+            f"({settings.runs}): {'; '.join(foreign[:5])}"
+            f"{' ...' if len(foreign) > 5 else ''}. Write the campaign into a new "
+            "--out folder."
+        )
+
+
+def _print_plan(todo: List[Run], done: int, campaign: Campaign, results) -> None:
+    print(f"{len(todo)} runs to do now, {done} already in {campaign.settings.out}")
     for run in todo:
         print(
             f"  {run.row:18s} N={run.n:<4d} seed={run.seed} lr={run.lr_label:8s} "
             f"epochs={run.epochs}",
             flush=True,
         )
-    if plan_only:
-        return 0
-    for number, run in enumerate(todo, 1):
-        outcome = attempt(run, campaign)
-        record_run = {
-            "row": run.row,
-            "N": str(run.n),
-            "seed": str(run.seed),
-            "lr": run.lr_label,
-            "epochs": str(run.epochs),
-            **outcome,
-        }
-        with campaign_lock(settings.out):  # another process may share the folder
-            results = load_results(settings.out / "results.csv")
-            results = [r for r in results if result_key(r) != result_key(record_run)]
-            results.append(record_run)
-            report(results, record, campaign)
+    waiting = [
+        name for name, s in searches_of(campaign, results).items() if s.selected is None
+    ]
+    if waiting:
         print(
-            f"[{number}/{len(todo)}] {run.row} N={run.n} seed={run.seed} "
-            f"lr={run.lr_label}: {outcome['status']} "
-            f"test force {outcome.get('test_force_mae_meV_A', float('nan')):.1f} meV/Å,"
-            f" energy {outcome.get('test_energy_mae_meV_atom', float('nan')):.1f} "
-            f"meV/atom, {outcome['wall_s']:.0f} s {outcome.get('error', '')}",
+            f"  then, once their learning-rate search is done (and extended at an "
+            f"edge), the other runs of: {', '.join(waiting)}",
             flush=True,
         )
-    with campaign_lock(settings.out):
-        report(load_results(settings.out / "results.csv"), record, campaign)
+
+
+def edge_notes(campaign: Campaign, results: List[dict]) -> List[str]:
+    """Searches whose selection is still at an edge after every allowed extension."""
+    return [
+        f"{name}: the selected learning rate {search.selected:g} is at an edge of "
+        f"the values tried ({', '.join(f'{run.lr:g}' for run in search.runs)}) after "
+        f"{campaign.settings.lr_search.max_extensions} extension(s)"
+        for name, search in searches_of(campaign, results).items()
+        if search.selected is not None and search.at_edge
+    ]
+
+
+def run_campaign(settings: Settings, plan_only: bool = False, jobs: int = 1) -> int:
+    """Do the runs the campaign plans, wave after wave, until none is left.
+
+    :raises CampaignStopped: a run failed or disagrees with ``mtt eval`` (it is in
+        ``results.csv`` as ``failed``; running the command again retries it)
+    """
+    campaign, record = prepare(settings)
+    csv_path = settings.out / "results.csv"
+    refuse_foreign_results(campaign, load_results(csv_path))
+    lock = threading.Lock()
+    while True:
+        results = load_results(csv_path)
+        done = {result_key(r) for r in results if r["status"] == "ok"}
+        todo = [run for run in planned_runs(campaign, results) if run.key not in done]
+        _print_plan(todo, len(done), campaign, results)
+        if plan_only or not todo:
+            break
+        # shared inputs written here, once, before runs start in parallel
+        for n, seed in sorted({(run.n, run.seed) for run in todo if run.trains}):
+            train_file(campaign, n, seed)
+        if any(not run.trains for run in todo):
+            try:
+                pretrained_predictions(campaign)
+            except Exception as error:  # noqa: BLE001  (recorded by the runs)
+                print(f"zero-shot: {type(error).__name__}: {error}", flush=True)
+        failed = run_wave(todo, campaign, record, jobs, lock)
+        if failed:
+            listed = "\n".join(
+                f"  {run.row} N={run.n} seed={run.seed} lr={run.lr_label}: "
+                f"{outcome['error']}\n    run folder: {outcome.get('run_dir', '?')}"
+                for run, outcome in failed
+            )
+            raise CampaignStopped(
+                f"campaign stopped: {len(failed)} run(s) failed or disagree with "
+                f"mtt eval (recorded as failed in {csv_path}):\n{listed}"
+            )
+    if not plan_only:
+        results = load_results(csv_path)
+        notes = edge_notes(campaign, results)
+        for note in notes:
+            print(f"note: {note}", flush=True)
+        with campaign_lock(settings.out, lock):
+            report(load_results(csv_path), record, campaign, notes)
     return 0
 
 
+def run_wave(todo: List[Run], campaign: Campaign, record: dict, jobs: int, lock):
+    """The runs of ``todo``, ``jobs`` at a time; after a failure no new one starts.
+
+    :return: the failed runs with their outcomes
+    """
+    pending, running, failed = list(todo), {}, []
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        while pending or running:
+            while pending and len(running) < jobs and not failed:
+                run = pending.pop(0)
+                running[pool.submit(attempt, run, campaign)] = run
+            if not running:
+                break
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                run = running.pop(future)
+                outcome = future.result()
+                merge(run, outcome, campaign, record, lock)
+                if outcome["status"] != "ok":
+                    failed.append((run, outcome))
+    return failed
+
+
+def merge(run: Run, outcome: dict, campaign: Campaign, record: dict, lock) -> None:
+    """Put one result into ``results.csv`` (and the table and plot), and say so."""
+    record_run = {
+        "row": run.row,
+        "N": str(run.n),
+        "seed": str(run.seed),
+        "lr": run.lr_label,
+        "epochs": str(run.epochs),
+        **outcome,
+    }
+    out = campaign.settings.out
+    with campaign_lock(out, lock):  # another process may share the folder
+        results = load_results(out / "results.csv")
+        results = [r for r in results if result_key(r) != result_key(record_run)]
+        results.append(record_run)
+        report(results, record, campaign)
+    print(
+        f"{run.row} N={run.n} seed={run.seed} lr={run.lr_label}: "
+        f"{outcome['status']} test force "
+        f"{outcome.get('test_force_mae_meV_A', float('nan')):.1f} meV/Å, energy "
+        f"{outcome.get('test_energy_mae_meV_atom', float('nan')):.1f} meV/atom, "
+        f"{outcome['wall_s']:.0f} s {outcome.get('error', '')}",
+        flush=True,
+    )
+
+
 @contextlib.contextmanager
-def campaign_lock(out: Path):
-    """Several harness processes may fill one campaign (one per core): each result
-    is merged into the CSV on disk under this lock, never from a stale copy."""
-    with open(out / ".results.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+def campaign_lock(out: Path, lock):
+    """Runs finish in several threads (and possibly processes): each result is
+    merged into the CSV on disk under this lock, never from a stale copy."""
+    with lock, open(out / ".results.lock", "w") as stream:
+        fcntl.flock(stream, fcntl.LOCK_EX)
         try:
             yield
         finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+            fcntl.flock(stream, fcntl.LOCK_UN)

@@ -1,15 +1,17 @@
 """What a campaign compares: its settings, the pretrained checkpoint, the rows.
 
-Part of ``bench/learning_curve.py`` (planning side). ``Settings`` holds the
-command-line choices of one campaign, ``Pretrained`` what the rows need to know about
-the checkpoint (``read_pretrained``), ``Run`` one ``mtt train`` of a row at one N,
-seed and learning rate. ``ROWS`` maps each row name to the ``architecture:`` section
-its ``options.yaml`` gets; add a row by adding an entry there.
+Part of ``bench/learning_curve.py`` (planning side). ``Settings`` holds one campaign,
+read from its committed spec (``spec.py``, ``bench/campaigns/*.yaml``): which rows at
+which N and seeds (``Block``), how the learning rate is searched (``LrSearch``), the
+epoch rule and the splits. ``Pretrained`` is what the rows need to know about the
+checkpoint (``read_pretrained``), ``Run`` one ``mtt train`` of a row at one N, seed and
+learning rate. ``ROWS`` maps each row name to the ``architecture:`` section its
+``options.yaml`` gets; add a row by adding an entry there.
 """
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 
 REPO = Path(__file__).resolve().parents[2]
@@ -27,6 +29,32 @@ ENERGY_KEY, FORCES_KEY = "energy_pbe0", "forces_pbe0"
 
 
 @dataclass(frozen=True)
+class Block:
+    """Every row of ``rows`` at every N of ``ns`` and seed of ``seeds``."""
+
+    rows: Sequence[str]
+    ns: Sequence[str]  # integers, or ``all`` for the whole training pool
+    seeds: Sequence[int]
+
+
+@dataclass(frozen=True)
+class LrSearch:
+    """How rows that search the learning rate get theirs.
+
+    At N = ``n`` and seed ``seed`` every ``grid`` value is trained and the lowest
+    validation force MAE selected; when the selected value is the lowest or highest
+    tried, the next value on the 1-3-10 ladder beyond it is added (at most
+    ``max_extensions`` times per row). Every other (N, seed) of the row reuses the
+    selected learning rate.
+    """
+
+    n: str
+    seed: int
+    grid: Sequence[float]
+    max_extensions: int
+
+
+@dataclass(frozen=True)
 class Settings:
     """One campaign: what to run and where to put it."""
 
@@ -34,14 +62,11 @@ class Settings:
     checkpoint: Path
     out: Path
     runs: Path
-    rows: Sequence[str]
-    ns: Sequence[str]
-    seeds: Sequence[int]
+    blocks: Sequence[Block]
+    lr_search: LrSearch
     epochs: int
     scratch_epochs: int
     half_epochs_from: Optional[int]
-    lrs: Sequence[float]
-    lr_from: Optional[int]
     scratch_lr: Optional[float]
     batch_size: int
     test_fraction: float
@@ -49,6 +74,20 @@ class Settings:
     split_seed: int
     threads: int
     mtt: Path
+    spec: Optional[Path] = None  # the campaign file these settings were read from
+
+    @property
+    def rows(self) -> List[str]:
+        """Every row of the campaign, in ``ROWS`` order."""
+        named = {row for block in self.blocks for row in block.rows}
+        return [row for row in ROWS if row in named]
+
+    @property
+    def seeds(self) -> List[int]:
+        """Every seed of the campaign (each has its training order in splits.json)."""
+        return sorted(
+            {s for block in self.blocks for s in block.seeds} | {self.lr_search.seed}
+        )
 
 
 @dataclass(frozen=True)
@@ -174,10 +213,11 @@ class Row:
 
     - ``architecture``: the function writing the ``architecture:`` section; ``None``
       for zero-shot, which trains nothing.
-    - ``lr``: ``"search"`` runs every ``--lrs`` value (selected on validation),
-      ``"scratch"`` the scratch learning rate, ``"default"`` none at all (the
-      architecture's default).
-    - ``budget``: ``"finetune"`` (``--epochs``) or ``"scratch"`` (``--scratch-epochs``).
+    - ``lr``: ``"search"`` gets its learning rate from the campaign's search
+      (``LrSearch``), ``"scratch"`` the scratch learning rate, ``"default"`` none
+      at all (the architecture's default).
+    - ``budget``: ``"finetune"`` (the spec's ``epochs.finetune``) or ``"scratch"``
+      (``epochs.scratch``).
     """
 
     architecture: Optional[Callable]

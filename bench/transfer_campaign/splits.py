@@ -109,6 +109,9 @@ def campaign_record(settings: Settings, frames, splits: dict) -> dict:
     """What must not change between runs collected in one output folder."""
     mols = [atoms.info.get("mol", "?") for atoms in frames]
     return {
+        # the spec's file name: a folder of another campaign (or of none: written
+        # before campaign specs) is never resumed into
+        "campaign": settings.spec.name if settings.spec else None,
         "data": str(settings.data),
         "data_sha256": sha256(settings.data),
         "checkpoint": str(settings.checkpoint),

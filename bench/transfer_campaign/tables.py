@@ -11,11 +11,11 @@ import csv
 import os
 import statistics
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .settings import FORCES_KEY, ROWS
+from .settings import FORCES_KEY, REPO, ROWS
 from .splits import Campaign, write_atomically
 
 
@@ -114,11 +114,14 @@ def summary(results: List[dict]) -> List[dict]:
     return lines
 
 
-def markdown(results: List[dict], record: dict) -> str:
+def markdown(
+    results: List[dict], record: dict, command: str = "", notes: Sequence[str] = ()
+) -> str:
     """results.md: per row and N, the test errors at the selected learning rate."""
     head = [
         "# PBE0 transfer benchmark",
         "",
+        *([f"Written by `{command}` (do not edit by hand).", ""] if command else []),
         f"Data `{Path(record['data']).name}` ({record['n_frames']} frames; test "
         f"{len(record['test'])}, validation {len(record['val'])} frames, stratified by "
         f"molecule), checkpoint `{Path(record['checkpoint']).name}`, batch size "
@@ -151,7 +154,8 @@ def markdown(results: List[dict], record: dict) -> str:
             f"| {line['row']} | {line['N']} | {line['epochs']} | {lrs} | "
             f"{len(chosen)} | {energy} | {force} | {wall} | {cpu} |"
         )
-    return "\n".join(head + lines + ratios(results)) + "\n"
+    remarks = ["", "Notes:", "", *[f"- {note}" for note in notes]] if notes else []
+    return "\n".join(head + lines + ratios(results) + remarks) + "\n"
 
 
 #: the comparisons the project's targets are stated in (force MAE ratios)
@@ -265,8 +269,24 @@ def plot(results: List[dict], path: Path, gap: Optional[float]) -> None:
     plt.close(figure)
 
 
-def report(results: List[dict], record: dict, campaign: Campaign) -> None:
+def command_line(campaign: Campaign) -> str:
+    """The command that writes this results folder, paths relative to the repo."""
+    settings = campaign.settings
+
+    def shown(path: Path) -> str:
+        return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+
+    spec = shown(settings.spec) if settings.spec else "?"
+    return (
+        f"python bench/learning_curve.py --campaign {spec} --out {shown(settings.out)}"
+    )
+
+
+def report(
+    results: List[dict], record: dict, campaign: Campaign, notes: Sequence[str] = ()
+) -> None:
     out = campaign.settings.out
     save_results(out / "results.csv", results)
-    write_atomically(out / "results.md", markdown(results, record))
+    text = markdown(results, record, command_line(campaign), notes)
+    write_atomically(out / "results.md", text)
     plot(results, out / "results.png", level_gap(campaign))

@@ -30,6 +30,7 @@ from ..recipe.alignment import trained_targets
 from ..recipe.energy_levels import energy_variant_name
 from .command_line import mtt_train_call
 from .gradients import check_requested_gradients
+from .guard import Guard
 from .labels import check_labels
 from .outputs import check_outputs
 from .splits import compare_with_checkpoint, fingerprint, test_datasets
@@ -109,13 +110,14 @@ def check_run_inputs(
     :raises RunInputError: listing every problem found
     """
     options = _read_expanded_options(checkpoint_dir)
-    test = _guarded_value(test_datasets, options, train_datasets)
+    guard = Guard()  # one rule that fails loses only itself (checks/guard.py)
+    test = _guarded_value(guard, test_datasets, options, train_datasets)
     sections = _sections(options, train_datasets, val_datasets, test)
     call = mtt_train_call()
 
     problems = []
     if options is not None:
-        problems += _guarded(check_outputs, options, call)
+        problems += _guarded(guard, check_outputs, options, call)
     problems += _check_splits(options, train_datasets, val_datasets, sections)
     seed = None if options is None else options.get("seed")
     checked = CheckedRun(
@@ -123,7 +125,7 @@ def check_run_inputs(
         splits={
             "training": fingerprint(train_datasets),
             "validation": fingerprint(val_datasets),
-            "test": _guarded_value(fingerprint, test),
+            "test": _guarded_value(guard, fingerprint, test),
         },
     )
     if restart_record is not None:
@@ -131,14 +133,16 @@ def check_run_inputs(
         problems += compare_with_checkpoint(
             restart_record, checked.splits, seed, restart_from
         )
-    problems += _guarded(_check_exported_names, model, train_datasets)
+    problems += _guarded(guard, _check_exported_names, model, train_datasets)
     files: Dict[str, object] = {}  # frames read again to explain a problem
     for section in sections:
         if section.first_sample() is None:
             continue
         if section.options is not None:
-            problems += _guarded(check_requested_gradients, section, files)
-        problems += _guarded(check_labels, section, model)
+            problems += _guarded(
+                guard, check_requested_gradients, section, files, guard
+            )
+        problems += _guarded(guard, check_labels, section, model, guard)
 
     problems = _unique(problems)
     if problems:
@@ -153,29 +157,16 @@ def check_run_inputs(
     return checked
 
 
-def _guarded(check: Callable[..., List[str]], *args) -> List[str]:
-    # a check that fails on inputs it did not foresee must not stop a training
-    # that metatrain would run: it is skipped, and said so
-    try:
-        return check(*args)
-    except Exception as error:
-        logger.warning(
-            f"pet_transfer could not run its input check {check.__name__} "
-            f"({type(error).__name__}: {error}); the run goes on without it"
-        )
-        return []
+def _guarded(guard: Guard, check: Callable[..., List[str]], *args) -> List[str]:
+    # each rule inside a check runs under `guard` itself, so what a check found is
+    # kept when one of its rules fails; this catches what is left (outside any
+    # rule): a check that fails there must not stop a training metatrain would run
+    return guard.run(check.__name__, check, *args, default=[])
 
 
-def _guarded_value(function: Callable, *args):
-    # like `_guarded`, for a helper whose value is optional
-    try:
-        return function(*args)
-    except Exception as error:
-        logger.warning(
-            f"pet_transfer could not run {function.__name__} "
-            f"({type(error).__name__}: {error}); the run goes on without it"
-        )
-        return None
+def _guarded_value(guard: Guard, function: Callable, *args):
+    # like `_guarded`, for a helper whose value is optional (None when it fails)
+    return guard.run(function.__name__, function, *args, default=None)
 
 
 def _read_expanded_options(checkpoint_dir: str) -> Optional[dict]:
