@@ -230,3 +230,16 @@ def periodic_transfer(folder: Path, pretrained_bulk: Path, gradient: str) -> dic
         },
     }
     return options
+
+
+@pytest.fixture(scope="session")
+def heads_run(tmp_path_factory, pretrained_checkpoint) -> Path:
+    """A folder where ``mtt train`` transferred the tiny PET to PBE0 with ``method:
+    heads`` and no ``config`` (1 epoch): its ``model.pt`` serves the pretrained
+    ``energy`` and the new ``energy/pbe0``, ``model.ckpt`` is the checkpoint."""
+    folder = tmp_path_factory.mktemp("heads-run")
+    shutil.copy(DATA / "pbe0_small.xyz", folder / "pbe0_small.xyz")
+    shutil.copy(pretrained_checkpoint, folder / "pretrained.ckpt")
+    write_yaml(folder / "options.yaml", transfer_options(method="heads", epochs=1))
+    run_mtt(["train", "options.yaml", "-o", "model.pt"], cwd=folder)
+    return folder

@@ -14,6 +14,8 @@ from metatrain.utils.data import Dataset
 from metatrain.utils.io import check_file_extension
 
 from .checks.run_inputs import check_run_inputs
+from .documentation import with_pet_heads
+from .host_log import tidy_host_log
 from .model import PETTransfer
 from .recipe.alignment import align
 from .recipe.distillation import keep_pretrained_heads
@@ -34,6 +36,14 @@ class Trainer(PETTrainer):
     #: subfolder of the checkpoint folder for the composition and scaler fits
     FITS_FOLDER = "fits"
     _epoch_checkpoint_dir = None  # where the epoch checkpoints go, set by `train`
+
+    def __init__(self, hypers) -> None:
+        # `method: heads` without `config`: metatrain validated a copy of the options
+        # with PET's heads filled in (documentation.py); the trainer gets them as
+        # written, so it fills them in again
+        if "finetune" in hypers:
+            hypers = {**hypers, "finetune": with_pet_heads(hypers["finetune"])}
+        super().__init__(hypers)
 
     def train(
         self,
@@ -70,14 +80,15 @@ class Trainer(PETTrainer):
         self._epoch_checkpoint_dir = Path(checkpoint_dir)
         fits = self._epoch_checkpoint_dir / self.FITS_FOLDER
         fits.mkdir(parents=True, exist_ok=True)
-        super().train(
-            model=model,
-            dtype=dtype,
-            devices=devices,
-            train_datasets=train_datasets,
-            val_datasets=val_datasets,
-            checkpoint_dir=str(fits),
-        )
+        with tidy_host_log():
+            super().train(
+                model=model,
+                dtype=dtype,
+                devices=devices,
+                train_datasets=train_datasets,
+                val_datasets=val_datasets,
+                checkpoint_dir=str(fits),
+            )
 
     def save_checkpoint(self, model: ModelInterface, path: Union[str, Path]) -> None:
         """Write the checkpoint in a hidden temporary folder beside ``path``, then
