@@ -109,3 +109,38 @@ def test_level_choice_rules():
     assert set(single_level_outputs(both, "energy/pbe0")) == {"energy"}
     with pytest.raises(ValueError, match="no energy level other than 'energy'"):
         choose_level({"energy": output()}, None)
+
+
+EXPORT_SCRIPT = """
+import warnings
+warnings.simplefilter("always")
+from metatrain.utils.io import model_from_checkpoint
+from metatrain_pet_transfer.checkpoints import load_checkpoint_safely
+model = model_from_checkpoint(load_checkpoint_safely("model.ckpt"), "export")
+exported = model.export()
+print(sorted(exported.capabilities().outputs.keys()))
+"""
+
+
+def test_the_plugins_export_makes_metatomic_warn_about_nothing(heads_run):
+    """No "'features' output name is deprecated" (the plugin declared metatomic's
+    own compatibility names again) and no C++ warning about energy variants without
+    a description, which no Python filter can hide."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env.pop("PYTHONWARNINGS", None)
+    result = subprocess.run(
+        [sys.executable, "-c", EXPORT_SCRIPT],
+        cwd=heads_run,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "'energy/pbe0'" in result.stdout and "'features'" in result.stdout
+    assert "output name is deprecated" not in result.stderr
+    assert "empty description" not in result.stderr
