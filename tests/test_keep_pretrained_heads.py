@@ -17,7 +17,8 @@ def options(epochs=4, keep=True, method="full"):
     training["keep_pretrained_heads"] = keep
     training["learning_rate"] = 1e-2  # moves the tiny backbone within a few epochs
     if method == "lora":
-        training["finetune"]["config"] = {"rank": 2, "alpha": 1.0}
+        # a large alpha / rank: the adapters move the tiny backbone within 4 epochs
+        training["finetune"]["config"] = {"rank": 2, "alpha": 16.0}
     config["validation_set"] = 0.2
     config["test_set"] = 0.0
     return config
@@ -60,6 +61,19 @@ def last_epoch(trained, output, pretrained=None):
     torch.save(checkpoint, output)
 
 
+def with_adapters(kept, output, adapters_from):
+    """``kept`` with the LoRA adapters of another run's last epoch."""
+    checkpoint = torch.load(kept, weights_only=False, map_location="cpu")
+    other = torch.load(adapters_from, weights_only=False, map_location="cpu")
+    state = copy.deepcopy(checkpoint["best_model_state_dict"])
+    adapters = [key for key in state if ".lora_" in key]
+    assert adapters
+    for key in adapters:
+        state[key] = other["model_state_dict"][key].clone()
+    checkpoint["best_model_state_dict"] = state
+    torch.save(checkpoint, output)
+
+
 @pytest.mark.parametrize("method", ["full", "lora"])
 def test_kept_head_stays_close_to_the_pretrained_model(workdir, method):
     frames = ase.io.read(workdir / "pbe0_small.xyz", ":")
@@ -71,23 +85,30 @@ def test_kept_head_stays_close_to_the_pretrained_model(workdir, method):
     # the kept head is a target like the others: its errors are logged every epoch
     assert "validation energy MAE (per atom)" in log
 
+    last_epoch(workdir / "model.ckpt", workdir / "kept.ckpt")
     if method == "lora":
         # LoRA freezes every head, the kept one too: the pretrained predictions
-        # only train the adapters. Kept and served is what can be checked here.
-        assert np.all(np.isfinite(forces(workdir / "model.pt", frames[:1])))
-        return
-    # control: the same backbone under the untouched pretrained head drifts away
-    # from the pretrained forces; the trained kept head stays closer
-    last_epoch(workdir / "model.ckpt", workdir / "kept.ckpt")
-    last_epoch(
-        workdir / "model.ckpt", workdir / "drift.ckpt", workdir / "pretrained.ckpt"
-    )
+        # only train the adapters. Control: the adapters of the same training
+        # without the option, under the same (frozen, pretrained) head
+        train(workdir, options(method=method, keep=False), "control.pt")
+        with_adapters(
+            workdir / "kept.ckpt", workdir / "drift.ckpt", workdir / "control.ckpt"
+        )
+    else:
+        # control: the same backbone under the untouched pretrained head drifts
+        # away from the pretrained forces; the trained kept head stays closer
+        last_epoch(
+            workdir / "model.ckpt", workdir / "drift.ckpt", workdir / "pretrained.ckpt"
+        )
     for name in ["kept", "drift"]:
         run_mtt(["export", f"{name}.ckpt", "-o", f"{name}.pt"], cwd=workdir)
     kept = np.abs(forces(workdir / "kept.pt", frames) - reference).mean()
     drift = np.abs(forces(workdir / "drift.pt", frames) - reference).mean()
-    # measured on this tiny PET (full): 28.5 vs 40.7 meV/A
-    assert kept < 0.8 * drift, (kept, drift)
+    # measured on this tiny PET: full 28.5 vs 40.7 meV/A; lora 14.58 vs 14.80: with
+    # LoRA the kept head barely holds the old level better than no option at all
+    # (the adapters serve both levels), but a head trained on anything else than
+    # the pretrained predictions ends further away than the control
+    assert kept < (0.8 if method == "full" else 1.0) * drift, (kept, drift)
 
     # the new level is served next to the old one
     new = forces(workdir / "model.pt", frames[:1], "pbe0")
@@ -96,6 +117,12 @@ def test_kept_head_stays_close_to_the_pretrained_model(workdir, method):
 
 @pytest.mark.parametrize("method", ["full", "lora"])
 def test_without_the_option_the_old_head_is_dropped(workdir, method):
+    from metatomic.torch import load_atomistic_model
+
     train(workdir, options(epochs=1, keep=False, method=method), "model.pt")
-    with pytest.raises(Exception, match="energy"):
+    outputs = load_atomistic_model(str(workdir / "model.pt")).capabilities().outputs
+    assert "energy/pbe0" in outputs and "energy" not in outputs, list(outputs)
+    # ASE, asked for the old level, refuses: only the new level is left
+    with pytest.raises(ValueError, match="'energy' has no default variant") as refused:
         forces(workdir / "model.pt", ase.io.read(workdir / "pbe0_small.xyz", "0:1"))
+    assert "energy/pbe0" in str(refused.value)

@@ -88,6 +88,25 @@ def _check_read_from(finetune: dict) -> dict:
     return finetune
 
 
+def _check_restart(num_epochs: int) -> int:
+    # `mtt train --restart FILE`: like `read_from`, FILE is checked before `mtt train`
+    # unpickles it with weights_only=False; this field's validator runs because the
+    # check needs `num_epochs` (a restart with no epoch left stops here)
+    from .checks.command_line import mtt_train_call
+
+    call = mtt_train_call()
+    if call is not None and call.restart_from is not None:
+        from .checkpoints import check_restart_checkpoint
+
+        try:
+            check_restart_checkpoint(
+                call.restart_from, num_epochs, [call.checkpoint, call.output]
+            )
+        except ValueError as error:
+            raise ValueError(f"mtt train --restart: {error}") from None
+    return num_epochs
+
+
 class ModelHypers(PETModelHypers):
     """Hyperparameters of the model: PET's, taken from the checkpoint."""
 
@@ -101,8 +120,13 @@ class TrainerHypers(PETTrainerHypers):
     # epoch); defaults and meaning are PET's
     batch_size: Annotated[int, Field(ge=1)] = PETTrainerHypers.batch_size
     """The number of structures in each batch."""
-    num_epochs: Annotated[int, Field(ge=0)] = PETTrainerHypers.num_epochs
-    """Number of epochs. ``0`` trains nothing and exports the aligned start."""
+    num_epochs: Annotated[int, Field(ge=0), AfterValidator(_check_restart)] = (
+        PETTrainerHypers.num_epochs
+    )
+    """Number of epochs. ``0`` trains nothing and exports the aligned start. With
+    ``mtt train --restart FILE``, the total number of epochs of the continued run:
+    ``FILE`` is checked as ``finetune.read_from`` is, and the run stops if it has no
+    epoch left to train."""
     learning_rate: Annotated[float, Field(gt=0)] = PETTrainerHypers.learning_rate
     """Learning rate (PET's default, 1e-4). Transferring the xTB-pretrained PET to
     PBE0 with 100 frames (``bench/learning_curve.py``), ``full`` with the alignment

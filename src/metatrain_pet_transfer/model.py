@@ -16,6 +16,7 @@ from .recipe.energy_levels import (
     energy_variant_aliases,
     variant_output,
 )
+from .resume import restore_random_state
 
 
 ARCHITECTURE_NAME = "pet_transfer"
@@ -102,4 +103,37 @@ class PETTransfer(PET):
     def get_checkpoint(self) -> Dict:
         checkpoint = super().get_checkpoint()
         checkpoint["architecture_name"] = ARCHITECTURE_NAME
+        checkpoint.update(self.__dict__.pop("_next_checkpoint_entries", {}))
         return checkpoint
+
+    def attach_to_next_checkpoint(self, key: str, value: Any) -> None:
+        """Add ``key: value`` to the next checkpoint :meth:`get_checkpoint` makes
+        (the trainer's record, :mod:`.resume`: PET's trainer builds its checkpoints
+        from this method's)."""
+        self.__dict__.setdefault("_next_checkpoint_entries", {})[key] = value
+
+    # PET's trainer reads `has_new_targets` only when it restores the optimizer state
+    # of a restarted run, after its set-up (composition and scaler fits, data
+    # loaders: they draw random numbers) and just before the first resumed epoch:
+    # where the random state of the checkpoint is put back
+    __jit_unused_properties__ = ["has_new_targets"]
+
+    @property
+    def has_new_targets(self) -> bool:
+        """Whether ``restart`` added targets (PET's attribute). Reading it puts back
+        the random state given to :meth:`resume_random_state`, once."""
+        state = self.__dict__.pop("_random_state_to_resume", None)
+        if state is not None:
+            restore_random_state(state)
+        # an adopted PET instance holds it as a plain attribute
+        plain = self.__dict__.get("has_new_targets", False)
+        return self.__dict__.get("_has_new_targets", plain)
+
+    @has_new_targets.setter
+    def has_new_targets(self, value: bool) -> None:
+        self.__dict__["_has_new_targets"] = bool(value)
+
+    def resume_random_state(self, state: Dict[str, Any]) -> None:
+        """Put back ``state`` (:func:`.resume.capture_random_state`) when PET's
+        trainer next reads :attr:`has_new_targets`."""
+        self.__dict__["_random_state_to_resume"] = state
