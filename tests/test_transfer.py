@@ -159,15 +159,14 @@ def test_alignment_starts_from_pretrained_plus_shift(workdir):
 def test_methods(workdir, method):
     options = transfer_options(method=method, epochs=1)
     finetune = options["architecture"]["training"]["finetune"]
-    if method == "heads":
-        finetune["config"] = {
-            "head_modules": ["node_heads", "edge_heads"],
-            "last_layer_modules": ["node_last_layers", "edge_last_layers"],
-        }
+    # heads: no `config`, the plugin fills in PET's heads and last layers
     if method == "lora":
         finetune["config"] = {"rank": 2, "alpha": 1.0}
     log = train(workdir, options)
     assert f"Applied finetuning strategy: {method}" in log
+    # metatrain's "[100.00% %]" is mended while the plugin runs PET's trainer
+    assert "Number of trainable parameters" in log
+    assert "% %]" not in log
 
     before = load(workdir / "pretrained.ckpt")["best_model_state_dict"]
     after = load(workdir / "model.ckpt")["model_state_dict"]
@@ -190,6 +189,45 @@ def test_methods(workdir, method):
     else:
         assert any("lora" in k for k in after)
         assert unchanged == backbone
+
+
+@pytest.mark.parametrize(
+    "config, expected",
+    [
+        (None, ["node_heads", "edge_heads"]),
+        ({}, ["node_heads", "edge_heads"]),
+        ({"head_modules": ["node_heads"]}, ["node_heads"]),
+    ],
+)
+def test_heads_config_defaults_to_pet_heads(pretrained_checkpoint, config, expected):
+    """What the options validator accepts and the trainer receives: a list the user
+    wrote is kept, a missing one is PET's."""
+    from metatrain.utils.architectures import (
+        check_architecture_options,
+        get_default_hypers,
+    )
+    from omegaconf import OmegaConf
+
+    from metatrain_pet_transfer import Trainer
+
+    finetune = {"method": "heads", "read_from": str(pretrained_checkpoint)}
+    if config is not None:
+        finetune["config"] = config
+    architecture = {"name": "pet_transfer", "training": {"finetune": finetune}}
+    merged = OmegaConf.merge(
+        {"architecture": get_default_hypers("pet_transfer")},
+        {"architecture": architecture},
+    )
+    options = OmegaConf.to_container(merged["architecture"])
+    check_architecture_options(name="pet_transfer", options=options)  # no error
+
+    trainer = Trainer(options["training"])
+    assert trainer.hypers["finetune"]["config"] == {
+        "head_modules": expected,
+        "last_layer_modules": ["node_last_layers", "edge_last_layers"],
+    }
+    # the options themselves are not changed
+    assert options["training"]["finetune"].get("config", {}) == (config or {})
 
 
 @pytest.mark.parametrize("target", ["energy/pbe0", "mtt::energy_pbe0"])

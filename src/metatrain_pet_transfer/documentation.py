@@ -28,6 +28,14 @@ FINETUNE_METHODS = tuple(
 )
 
 
+#: what ``method: heads`` trains when ``config`` leaves it out: PET's heads and last
+#: layers (the module names metatrain's ``apply_finetuning_strategy`` falls back to)
+PET_HEADS_CONFIG = {
+    "head_modules": ["node_heads", "edge_heads"],
+    "last_layer_modules": ["node_last_layers", "edge_last_layers"],
+}
+
+
 def _check_method(finetune):
     # Runs before pydantic tries each method's schema, which would report one error
     # per schema ("Input should be 'full'", "Field required", ...) for a typo
@@ -38,6 +46,31 @@ def _check_method(finetune):
                 f"training.finetune.method: unknown method {method!r}; use one of "
                 + ", ".join(repr(m) for m in FINETUNE_METHODS)
             )
+        if method == "heads":
+            finetune = with_pet_heads(finetune)
+    return finetune
+
+
+def with_pet_heads(finetune: dict) -> dict:
+    """``training.finetune`` with PET's heads and last layers filled in where
+    ``method: heads`` leaves ``config`` (or one of its lists) out.
+
+    metatrain's schema requires both lists. The options validator fills them in
+    for the check; the trainer, which receives the options as written, calls this
+    again (:class:`~metatrain_pet_transfer.trainer.Trainer`).
+    """
+    if not isinstance(finetune, dict) or finetune.get("method") != "heads":
+        return finetune
+    config = finetune.get("config")
+    if config is None:
+        config = {}
+    if not isinstance(config, dict):
+        return finetune  # pydantic reports the wrong type
+    finetune = dict(finetune)
+    finetune["config"] = {
+        **{key: list(value) for key, value in PET_HEADS_CONFIG.items()},
+        **config,
+    }
     return finetune
 
 
@@ -122,8 +155,11 @@ class TrainerHypers(PETTrainerHypers):
       training: it must exist, be a complete PET checkpoint that the installed
       metatrain can read, and load with ``torch.load(weights_only=True)``.
     - ``method``: ``full`` (train every weight), ``heads`` (train only the heads and
-      last layers; ``config: {head_modules, last_layer_modules}``) or ``lora``
-      (low-rank adapters; ``config: {rank, alpha}``).
+      last layers) or ``lora`` (low-rank adapters; ``config: {rank, alpha}``).
+    - ``config``: the method's settings. For ``heads`` it may be left out: it
+      defaults to PET's heads and last layers, ``{head_modules: [node_heads,
+      edge_heads], last_layer_modules: [node_last_layers, edge_last_layers]}``; a
+      list given in ``config`` replaces its default.
     - ``inherit_heads``: ``{new_target: pretrained_target}`` starts the new heads
       as copies of the pretrained ones instead of random weights.
     """

@@ -10,7 +10,12 @@ from metatomic.torch import (
 )
 from metatrain.pet import PET
 
-from .recipe.energy_levels import EnergyVariants, energy_variant_aliases
+from .recipe.energy_levels import (
+    EnergyVariants,
+    describe_energy_outputs,
+    energy_variant_aliases,
+    variant_output,
+)
 from .resume import restore_random_state
 
 
@@ -61,14 +66,20 @@ class PETTransfer(PET):
         """PET's export, plus ``energy/<level>`` outputs for ``mtt::`` energy
         targets, so that simulation engines can select the new level of theory
         (:mod:`.recipe.energy_levels`)."""
-        exported = super().export(metadata)
         aliases = energy_variant_aliases(self.dataset_info.targets, self.outputs)
+        # metatomic warns (from C++, unfilterable) about energy variants without a
+        # description: every energy output gets one before the model is declared
+        describe_energy_outputs(self.outputs, aliases)
+        exported = super().export(metadata)
         if not aliases:
             return exported
         capabilities = exported.capabilities()
-        outputs = dict(capabilities.outputs)
+        # the outputs the model declares, not the capabilities' list: metatomic adds
+        # deprecated names there (`features` next to `feature`), and declaring them
+        # again would make it warn "the 'features' output name is deprecated"
+        outputs = {name: capabilities.outputs[name] for name in self.outputs}
         for alias, target in aliases.items():
-            outputs[alias] = outputs[target]
+            outputs[alias] = variant_output(outputs[target], alias, target)
         capabilities = ModelCapabilities(
             outputs=outputs,
             atomic_types=capabilities.atomic_types,

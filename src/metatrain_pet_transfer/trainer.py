@@ -15,6 +15,8 @@ from metatrain.utils.data import Dataset
 from metatrain.utils.io import check_file_extension
 
 from .checks.run_inputs import CheckedRun, check_run_inputs
+from .documentation import with_pet_heads
+from .host_log import tidy_host_log
 from .model import PETTransfer
 from .recipe.alignment import align
 from .recipe.distillation import keep_pretrained_heads
@@ -60,6 +62,14 @@ class Trainer(PETTrainer):
         if context == "restart":
             trainer._restart_record = read_record(checkpoint)
         return trainer
+
+    def __init__(self, hypers) -> None:
+        # `method: heads` without `config`: metatrain validated a copy of the options
+        # with PET's heads filled in (documentation.py); the trainer gets them as
+        # written, so it fills them in again
+        if "finetune" in hypers:
+            hypers = {**hypers, "finetune": with_pet_heads(hypers["finetune"])}
+        super().__init__(hypers)
 
     def train(
         self,
@@ -116,14 +126,15 @@ class Trainer(PETTrainer):
         self._epoch_checkpoint_dir = Path(checkpoint_dir)
         fits = self._epoch_checkpoint_dir / self.FITS_FOLDER
         fits.mkdir(parents=True, exist_ok=True)
-        super().train(
-            model=model,
-            dtype=dtype,
-            devices=devices,
-            train_datasets=train_datasets,
-            val_datasets=val_datasets,
-            checkpoint_dir=str(fits),
-        )
+        with tidy_host_log():
+            super().train(
+                model=model,
+                dtype=dtype,
+                devices=devices,
+                train_datasets=train_datasets,
+                val_datasets=val_datasets,
+                checkpoint_dir=str(fits),
+            )
 
     def save_checkpoint(self, model: ModelInterface, path: Union[str, Path]) -> None:
         """Write the checkpoint in a hidden temporary folder beside ``path``, then
