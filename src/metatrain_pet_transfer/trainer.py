@@ -18,13 +18,15 @@ from .model import PETTransfer
 from .recipe.alignment import align
 from .recipe.distillation import keep_pretrained_heads
 from .recipe.lora import start_lora_at_pretrained
+from .recipe.species import prepare_new_types
 
 
 class Trainer(PETTrainer):
     """Transfers a pretrained PET to new targets with metatrain's PET trainer.
 
     The recipe: take over the model loaded from ``training.finetune.read_from``,
-    check the run's inputs (:mod:`.checks`), align the new energy heads with the
+    check the run's inputs (:mod:`.checks`), start the rows of atomic types the
+    checkpoint did not know (:mod:`.recipe.species`), align the new energy heads with the
     pretrained ones (:mod:`.recipe.alignment`), start LoRA adapters as a no-op
     (:mod:`.recipe.lora`), keep the old energy heads valid if asked
     (:mod:`.recipe.distillation`), run PET's training loop, and write checkpoints
@@ -49,6 +51,12 @@ class Trainer(PETTrainer):
             model, self.hypers, train_datasets, val_datasets, checkpoint_dir
         )
         is_finetune = self.hypers["finetune"]["read_from"] is not None
+        new_rows_hooks = []
+        if is_finetune:
+            # after a `--restart`, the rows exist: only heads/lora need their hooks
+            new_rows_hooks = prepare_new_types(
+                model, self.hypers, is_fresh_start=self.optimizer_state_dict is None
+            )
         # a restarted run has its optimizer state, and its start was aligned already
         if is_finetune and self.optimizer_state_dict is None:
             self.hypers, self.aligned_targets = align(
@@ -70,14 +78,18 @@ class Trainer(PETTrainer):
         self._epoch_checkpoint_dir = Path(checkpoint_dir)
         fits = self._epoch_checkpoint_dir / self.FITS_FOLDER
         fits.mkdir(parents=True, exist_ok=True)
-        super().train(
-            model=model,
-            dtype=dtype,
-            devices=devices,
-            train_datasets=train_datasets,
-            val_datasets=val_datasets,
-            checkpoint_dir=str(fits),
-        )
+        try:
+            super().train(
+                model=model,
+                dtype=dtype,
+                devices=devices,
+                train_datasets=train_datasets,
+                val_datasets=val_datasets,
+                checkpoint_dir=str(fits),
+            )
+        finally:
+            for hook in new_rows_hooks:
+                hook.remove()
 
     def save_checkpoint(self, model: ModelInterface, path: Union[str, Path]) -> None:
         """Write the checkpoint in a hidden temporary folder beside ``path``, then
