@@ -26,8 +26,8 @@ class Trainer(PETTrainer):
 
     The recipe: take over the model loaded from ``training.finetune.read_from``,
     check the run's inputs (:mod:`.checks`), start the rows of atomic types the
-    checkpoint did not know (:mod:`.recipe.species`), align the new energy heads with the
-    pretrained ones (:mod:`.recipe.alignment`), start LoRA adapters as a no-op
+    checkpoint did not know (:mod:`.recipe.species`), align the new energy heads
+    with the pretrained ones (:mod:`.recipe.alignment`), start LoRA adapters as a no-op
     (:mod:`.recipe.lora`), keep the old energy heads valid if asked
     (:mod:`.recipe.distillation`), run PET's training loop, and write checkpoints
     atomically under this architecture's name.

@@ -104,14 +104,15 @@ def period_and_group(z: int) -> tuple:
 
 
 def nearest_types(new: int, existing: Sequence[int]) -> List[int]:
-    """The existing types chemically closest to ``new``: fewest steps across groups
-    plus rows of the periodic table (a row counts as two group steps, since
-    same-group elements behave alike), then closest atomic number; ties all kept."""
+    """The existing types chemically closest to ``new``: fewest steps across rows
+    plus groups of the periodic table, a group step counting twice (elements of one
+    group behave alike: S is nearer O than P), then closest atomic number; ties all
+    kept (N, between C and O, gets both)."""
     period, group = period_and_group(new)
 
     def distance(z: int) -> tuple:
         p, g = period_and_group(z)
-        return (abs(g - group) + 2 * abs(p - period), abs(z - new))
+        return (2 * abs(g - group) + abs(p - period), abs(z - new))
 
     best = min(distance(z) for z in existing)
     return sorted(z for z in existing if distance(z) == best)
