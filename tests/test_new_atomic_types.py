@@ -121,6 +121,23 @@ def test_new_rows_start_as_asked(hco_checkpoint, init):
             assert not torch.allclose(rows[N_ROW], rows[OLD_ROWS].mean(dim=0))
 
 
+def test_keeping_pretrained_heads_with_new_elements_stops(hco_checkpoint):
+    from metatrain_pet_transfer.recipe.species import prepare_new_types
+
+    _, extended = restarted_on_nitrogen(hco_checkpoint)
+    hypers = {
+        "keep_pretrained_heads": True,
+        "finetune": {"method": "full", "read_from": str(hco_checkpoint)},
+    }
+    with pytest.raises(ValueError, match=r"keep_pretrained_heads.*N \(7\)"):
+        prepare_new_types(extended, hypers, is_fresh_start=True)
+    rows = extended.state_dict()[embeddings(extended.hypers)[0]].clone()
+    hypers["keep_pretrained_heads"] = False
+    assert prepare_new_types(extended, hypers, is_fresh_start=True) == []  # full
+    # the rows were initialised (mean, the default) only once the check passed
+    assert not torch.equal(extended.state_dict()[embeddings(extended.hypers)[0]], rows)
+
+
 def test_nearest_element_by_period_and_group():
     from metatrain_pet_transfer.recipe.species import nearest_types, period_and_group
 
