@@ -176,6 +176,13 @@ def test_full_starts_from_the_checkpoint_rows_and_exports_the_union(
         assert torch.equal(start[name][OLD_ROWS], pretrained[name]), name
         assert torch.allclose(start[name][N_ROW], start[name][[1, 3]].mean(dim=0))
 
+    # `mtt-transfer inspect` shows the union, with a composition weight for N
+    from metatrain_pet_transfer.cli.inspect.describe import describe_checkpoint
+    from metatrain_pet_transfer.cli.inspect.formatting import format_summary
+
+    summary = format_summary(describe_checkpoint(tmp_path / "model.ckpt"))
+    assert "H (1), C (6), N (7), O (8)" in summary
+
     # the exported model declares H, C, N, O and evaluates a nitrogen molecule
     from metatomic_ase import MetatomicCalculator
 
