@@ -14,7 +14,7 @@ or repeat the checkpoint's values (``mtt-transfer inspect CHECKPOINT`` prints th
 any differing value stops the run with the list of differing keys.
 """
 
-from typing import Annotated, Optional, get_args
+from typing import Annotated, Literal, Optional, get_args
 
 from metatrain.pet.documentation import ModelHypers as PETModelHypers
 from metatrain.pet.documentation import TrainerHypers as PETTrainerHypers
@@ -194,4 +194,21 @@ class TrainerHypers(PETTrainerHypers):
     the kept heads' validation errors, logged every epoch, measure what the
     transfer forgot. ``heads`` never changes the backbone: old heads stay valid
     without this option.
+    """
+
+    new_atomic_types_init: Literal["mean", "nearest", "random"] = "mean"
+    """How the model starts for elements the checkpoint has never seen.
+
+    When the training or validation data hold atomic types the checkpoint lacks
+    (e.g. N for a checkpoint trained on H, C, O), the model is extended to the union
+    of types, whatever ``finetune.method``: every per-type tensor (PET's node, edge
+    and neighbour embeddings, species index maps, composition weights, scaler) gets
+    entries for the new types, the old entries stay bit-identical, and the new types'
+    composition weights are fitted on the training data (on the residual of the
+    aligned start, as for the old types). This option sets the new embedding rows:
+    ``mean`` (the mean of the existing rows), ``nearest`` (the mean of the rows of
+    the chemically nearest existing elements, by period and group: N starts from C
+    and O) or ``random`` (PET's own initialisation of an untrained model). With
+    ``heads`` and ``lora`` the new rows train while the rest of the backbone stays
+    frozen. The training log names the new elements.
     """

@@ -21,6 +21,7 @@ from .model import PETTransfer
 from .recipe.alignment import align
 from .recipe.distillation import keep_pretrained_heads
 from .recipe.lora import start_lora_at_pretrained
+from .recipe.species import prepare_new_types
 from .resume import (
     RECORD_KEY,
     capture_random_state,
@@ -37,8 +38,9 @@ class Trainer(PETTrainer):
     """Transfers a pretrained PET to new targets with metatrain's PET trainer.
 
     The recipe: take over the model loaded from ``training.finetune.read_from``,
-    check the run's inputs (:mod:`.checks`), align the new energy heads with the
-    pretrained ones (:mod:`.recipe.alignment`), start LoRA adapters as a no-op
+    check the run's inputs (:mod:`.checks`), start the rows of atomic types the
+    checkpoint did not know (:mod:`.recipe.species`), align the new energy heads
+    with the pretrained ones (:mod:`.recipe.alignment`), start LoRA adapters as a no-op
     (:mod:`.recipe.lora`), keep the old energy heads valid if asked
     (:mod:`.recipe.distillation`), run PET's training loop, and write checkpoints
     atomically under this architecture's name, with what a restart needs to go on
@@ -105,6 +107,12 @@ class Trainer(PETTrainer):
         if is_restart:
             restore_learning_rate_at_first_step(model, self.optimizer_state_dict)
         is_finetune = self.hypers["finetune"]["read_from"] is not None
+        new_rows_hooks = []
+        if is_finetune:
+            # after a `--restart`, the rows exist: only heads/lora need their hooks
+            new_rows_hooks = prepare_new_types(
+                model, self.hypers, is_fresh_start=self.optimizer_state_dict is None
+            )
         # a restarted run has its optimizer state, and its start was aligned already
         if is_finetune and not is_restart:
             self.hypers, self.aligned_targets = align(
@@ -126,15 +134,19 @@ class Trainer(PETTrainer):
         self._epoch_checkpoint_dir = Path(checkpoint_dir)
         fits = self._epoch_checkpoint_dir / self.FITS_FOLDER
         fits.mkdir(parents=True, exist_ok=True)
-        with tidy_host_log():
-            super().train(
-                model=model,
-                dtype=dtype,
-                devices=devices,
-                train_datasets=train_datasets,
-                val_datasets=val_datasets,
-                checkpoint_dir=str(fits),
-            )
+        try:
+            with tidy_host_log():
+                super().train(
+                    model=model,
+                    dtype=dtype,
+                    devices=devices,
+                    train_datasets=train_datasets,
+                    val_datasets=val_datasets,
+                    checkpoint_dir=str(fits),
+                )
+        finally:
+            for hook in new_rows_hooks:
+                hook.remove()
 
     def save_checkpoint(self, model: ModelInterface, path: Union[str, Path]) -> None:
         """Write the checkpoint in a hidden temporary folder beside ``path``, then
