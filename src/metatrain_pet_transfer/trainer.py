@@ -15,7 +15,8 @@ from metatrain.utils.io import check_file_extension
 
 from .checks.run_inputs import check_run_inputs
 from .model import PETTransfer
-from .recipe.alignment import align
+from .parallel import distributed_pet_training, on_rank_zero, start_distributed_run
+from .recipe.alignment import align, set_existing_compositions
 from .recipe.distillation import keep_pretrained_heads
 from .recipe.lora import start_lora_at_pretrained
 
@@ -45,15 +46,25 @@ class Trainer(PETTrainer):
         checkpoint_dir: str,
     ) -> None:
         model = PETTransfer.adopt(model)
-        check_run_inputs(
-            model, self.hypers, train_datasets, val_datasets, checkpoint_dir
+        # several processes (torchrun, srun): the plugin's passes run on rank 0 and
+        # every rank gets their result or their error (`parallel`)
+        run = start_distributed_run(self.hypers, devices)
+        checkpoint_dir = on_rank_zero(str, checkpoint_dir)  # rank 0's run folder
+        on_rank_zero(
+            check_run_inputs,
+            model,
+            self.hypers,
+            train_datasets,
+            val_datasets,
+            checkpoint_dir,
         )
         is_finetune = self.hypers["finetune"]["read_from"] is not None
         # a restarted run has its optimizer state, and its start was aligned already
         if is_finetune and self.optimizer_state_dict is None:
-            self.hypers, self.aligned_targets = align(
-                model, self.hypers, train_datasets, val_datasets, dtype
+            self.hypers, self.aligned_targets = on_rank_zero(
+                align, model, self.hypers, train_datasets, val_datasets, dtype
             )
+            set_existing_compositions(model, self.aligned_targets)  # other ranks
         finetune = self.hypers["finetune"]
         if is_finetune and finetune["method"] == "lora":
             start_lora_at_pretrained(model, finetune)
@@ -70,14 +81,15 @@ class Trainer(PETTrainer):
         self._epoch_checkpoint_dir = Path(checkpoint_dir)
         fits = self._epoch_checkpoint_dir / self.FITS_FOLDER
         fits.mkdir(parents=True, exist_ok=True)
-        super().train(
-            model=model,
-            dtype=dtype,
-            devices=devices,
-            train_datasets=train_datasets,
-            val_datasets=val_datasets,
-            checkpoint_dir=str(fits),
-        )
+        with distributed_pet_training(run):
+            super().train(
+                model=model,
+                dtype=dtype,
+                devices=devices,
+                train_datasets=train_datasets,
+                val_datasets=val_datasets,
+                checkpoint_dir=str(fits),
+            )
 
     def save_checkpoint(self, model: ModelInterface, path: Union[str, Path]) -> None:
         """Write the checkpoint in a hidden temporary folder beside ``path``, then

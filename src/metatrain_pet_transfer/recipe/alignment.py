@@ -295,6 +295,18 @@ def _set_composition_weights(model, target: str, weights: Dict[int, float]) -> N
     )
 
 
+def set_existing_compositions(model, results: List[AlignedTarget]) -> None:
+    """Give ``model`` the aligned composition of the targets it already had.
+
+    :func:`align` sets them itself; a rank that received ``align``'s results from
+    rank 0 of a multi-process run calls this instead (setting them twice is
+    harmless). New targets need nothing: their composition is in the hypers.
+    """
+    for result in results:
+        if not result.is_new:
+            _set_composition_weights(model, result.target, result.composition)
+
+
 def _scale(model, target: str) -> float:
     return float(model.scaler.model.scales[target].block().values.reshape(-1)[0])
 
