@@ -62,9 +62,34 @@ def build_zip(path: Path, n: int) -> None:
     writer = DiskDatasetWriter(partial)
     for index in range(n):
         sample = dataset[index % len(dataset)]._asdict()
-        writer.write([sample["system"]], {FIELD: sample["mtt::energy_new"]})
+        labels = _disk_gradient_samples(sample["mtt::energy_new"])
+        writer.write([sample["system"]], {FIELD: labels})
     writer.finish()
     partial.rename(path)
+
+
+def _disk_gradient_samples(tensor_map):
+    """The ASE reader's force block has samples (sample, system, atom); a
+    DiskDataset stores (sample, atom), as ``mtt eval`` writes them."""
+    import metatensor.torch as mts
+
+    block = tensor_map.block()
+    new = mts.TensorBlock(
+        block.values, block.samples, block.components, block.properties
+    )
+    gradient = block.gradient("positions")
+    names = gradient.samples.names
+    keep = [names.index("sample"), names.index("atom")]
+    new.add_gradient(
+        "positions",
+        mts.TensorBlock(
+            gradient.values,
+            mts.Labels(["sample", "atom"], gradient.samples.values[:, keep]),
+            gradient.components,
+            gradient.properties,
+        ),
+    )
+    return mts.TensorMap(tensor_map.keys, [new])
 
 
 def options(architecture: str, checkpoint: Path) -> dict:

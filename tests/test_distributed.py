@@ -191,13 +191,13 @@ def periodic_options(folder: Path, pretrained_bulk: Path, batch_size: int) -> di
     return options
 
 
-def weights(path: Path) -> dict:
+def weights(path: Path, entry: str = "model_state_dict") -> dict:
     import metatomic.torch  # noqa: F401  (classes stored in the checkpoint)
 
     state = torch.load(path, weights_only=False, map_location="cpu")
     return {
         name: value.double()
-        for name, value in state["model_state_dict"].items()
+        for name, value in state[entry].items()
         if torch.is_tensor(value) and value.is_floating_point()
     }
 
@@ -251,14 +251,16 @@ def test_two_ranks_end_with_the_weights_of_one_process(
 ):
     two = weights(torchrun_runs[2][0] / "model.ckpt")
     one = weights(torchrun_runs[1][0] / "model.ckpt")
-    start = weights(pretrained_bulk_checkpoint)
+    # the fine-tuning starts from the checkpoint's best model
+    start = weights(pretrained_bulk_checkpoint, "best_model_state_dict")
     assert two.keys() == one.keys()
     largest = max(float((two[k] - one[k]).abs().max()) for k in two)
     moved = max(float((one[k] - start[k]).abs().max()) for k in start if k in one)
-    # measured: 6e-5 (float32 sums in another order, through Adam), after the
-    # weights moved by 0.06: equal within float tolerance, and not by standing still
-    assert largest < 1e-3, largest
-    assert moved > 1e-2, moved
+    # equal within float tolerance (float32 sums in another order, carried on by
+    # Adam), after the weights moved: measured 6e-5 against 5e-3 over 3 epochs;
+    # with the random rotations on, the same runs differ by 7e-3
+    assert moved > 1e-3, moved
+    assert largest < 0.1 * moved, (largest, moved)
 
 
 def test_bad_input_stops_every_rank_with_the_message(workdir):
@@ -289,3 +291,44 @@ def test_bad_input_stops_every_rank_with_the_message(workdir):
     summary = result.stderr
     assert summary.count("exitcode  : 1 ") == 2, summary[-3000:]
     assert not (workdir / "model.pt").exists()
+
+
+def test_heads_and_restart_under_torchrun(workdir):
+    """``heads`` freezes the backbone (DDP must only synchronise what trains), and
+    ``--restart auto`` continues a two-rank run on two ranks."""
+    from conftest import transfer_options
+
+    options = transfer_options(method="heads", epochs=1)
+    options["architecture"]["training"]["finetune"]["config"] = {
+        "head_modules": ["node_heads", "edge_heads"],
+        "last_layer_modules": ["node_last_layers", "edge_last_layers"],
+    }
+    write_yaml(workdir / "options.yaml", options)
+    run_mtt(["train", "options.yaml"], workdir, launcher=torchrun(2))
+    options["architecture"]["training"]["num_epochs"] = 2
+    write_yaml(workdir / "options.yaml", options)
+    result = run_mtt(
+        ["train", "options.yaml", "--restart", "auto"], workdir, launcher=torchrun(2)
+    )
+    assert "Restarting training from" in result.stdout
+    assert "Epoch:    1" in result.stdout and "Epoch:    0" not in result.stdout
+    assert len(list((workdir / "outputs").glob("*/*"))) == 2  # one per launch
+
+    trained = weights(workdir / "model.ckpt")
+    # the fine-tuning starts from the checkpoint's best model
+    pretrained = weights(workdir / "pretrained.ckpt", "best_model_state_dict")
+    backbone = [
+        k
+        for k in pretrained
+        if k.startswith("backend.") and "heads" not in k and "last_layers" not in k
+    ]
+    assert len(backbone) > 10
+    for key in backbone:  # frozen, on both ranks
+        assert torch.equal(trained[key], pretrained[key]), key
+    new_head = [k for k in trained if "node_heads.mtt::energy_pbe0" in k]
+    old_head = [k.replace("mtt::energy_pbe0", "energy") for k in new_head]
+    assert new_head  # inherited from the pretrained head, then trained
+    assert any(
+        not torch.equal(trained[k], pretrained[o])
+        for k, o in zip(new_head, old_head, strict=True)
+    )
