@@ -144,13 +144,17 @@ def all_reduce_time(n_elements: int, repeats: int) -> float:
 
 
 def trainable_parameters(checkpoint: Path) -> int:
+    import metatomic.torch  # noqa: F401  (classes stored in the checkpoint)
     import torch
 
     state = torch.load(checkpoint, weights_only=False, map_location="cpu")
     return sum(
         value.numel()
         for name, value in state["model_state_dict"].items()
-        if value.is_floating_point() and "additive" not in name and "scaler" not in name
+        if torch.is_tensor(value)
+        and value.is_floating_point()
+        and "additive" not in name
+        and "scaler" not in name
     )
 
 
@@ -162,12 +166,13 @@ def main():
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--n-train", type=int, default=160)
     parser.add_argument("--reduce-repeats", type=int, default=50)
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="passes over the rows, order alternated"
+    )
     parser.add_argument("--reduce-worker", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.reduce_worker is not None:
         return reduce_worker(args.reduce_worker, args.reduce_repeats)
-
-    import metatomic.torch  # noqa: F401  (classes in the checkpoint)
 
     mtt = str(Path(sys.executable).parent / "mtt")
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
@@ -176,14 +181,14 @@ def main():
         ("torchrun, 1 process", [*torchrun, "--nproc_per_node=1", mtt], 2 * args.batch),
         ("torchrun, 2 processes", [*torchrun, "--nproc_per_node=2", mtt], args.batch),
     ]
-    results = []
-    for name, launcher, batch in rows:
-        config = options(args.checkpoint, batch, args.epochs, args.n_train)
-        folder = args.out / name.replace(",", "").replace(" ", "-")
-        timing = run(folder, launcher, config, args.n_train)
-        steps = args.n_train // (2 * args.batch)
-        results.append((name, batch, timing, timing["epoch_s"] / max(steps, 1)))
-        print(name, batch, timing, flush=True)
+    results = {name: [] for name, _, _ in rows}
+    for repeat in range(args.repeats):
+        for name, launcher, batch in rows if repeat % 2 == 0 else rows[::-1]:
+            config = options(args.checkpoint, batch, args.epochs, args.n_train)
+            slug = name.replace(",", "").replace(" ", "-")
+            timing = run(args.out / f"{slug}-{repeat}", launcher, config, args.n_train)
+            results[name].append(timing)
+            print(name, batch, timing, flush=True)
 
     n_params = trainable_parameters(args.checkpoint)
     reduce_s = all_reduce_time(n_params, args.reduce_repeats)
@@ -192,12 +197,16 @@ def main():
         f"{args.n_train} training frames, {args.epochs} epochs, global batch "
         f"{2 * args.batch}, {n_params} parameters"
     )
-    print("| launch | batch_size | s/epoch | s/step | wall s |")
+    steps = args.n_train // (2 * args.batch)
+    print("| launch | batch_size | s/epoch (each run) | s/step | wall s (each run) |")
     print("|---|---|---|---|---|")
-    for name, batch, timing, per_step in results:
+    for name, _, batch in rows:
+        epochs = [t["epoch_s"] for t in results[name]]
+        walls = [t["wall_s"] for t in results[name]]
         print(
-            f"| {name} | {batch} | {timing['epoch_s']:.2f} | {per_step:.3f} | "
-            f"{timing['wall_s']:.0f} |"
+            f"| {name} | {batch} | {', '.join(f'{e:.1f}' for e in epochs)} | "
+            f"{statistics.median(epochs) / steps:.2f} | "
+            f"{', '.join(f'{w:.0f}' for w in walls)} |"
         )
     print(
         f"\nall-reduce of {n_params} float32 (gloo, 2 processes): "
