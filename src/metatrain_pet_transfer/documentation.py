@@ -183,6 +183,18 @@ class TrainerHypers(PETTrainerHypers):
     when the labels are at another level of theory.
     """
 
+    distributed_timeout: Annotated[int, Field(ge=1)] = 1800
+    """Seconds a process of a multi-process run (torchrun, ``srun``) waits for the
+    others in one collective operation before it stops with an error.
+
+    A rank that dies or hangs makes the others exit within this time instead of
+    waiting forever (under torchrun they stop at once: its agent ends every worker
+    when one fails). It must exceed the longest pass one rank makes while the others
+    wait: the input checks and the alignment fit run on rank 0 only, before the
+    first epoch, and checkpoints are written by rank 0. The default is
+    torch.distributed's own (30 minutes). Ignored in a single process.
+    """
+
     keep_pretrained_heads: bool = False
     """Keep the pretrained energy heads valid next to the new ones.
 

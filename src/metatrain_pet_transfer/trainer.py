@@ -18,7 +18,8 @@ from .checks.run_inputs import CheckedRun, check_run_inputs
 from .documentation import with_pet_heads
 from .host_log import tidy_host_log
 from .model import PETTransfer
-from .recipe.alignment import align
+from .parallel import distributed_pet_training, on_rank_zero, start_distributed_run
+from .recipe.alignment import align, set_existing_compositions
 from .recipe.distillation import keep_pretrained_heads
 from .recipe.lora import start_lora_at_pretrained
 from .recipe.species import prepare_new_types
@@ -83,6 +84,10 @@ class Trainer(PETTrainer):
         checkpoint_dir: str,
     ) -> None:
         model = PETTransfer.adopt(model)
+        # several processes (torchrun, srun): the plugin's passes run on rank 0 and
+        # every rank gets their result or their error (`parallel`)
+        run = start_distributed_run(self.hypers, devices)
+        checkpoint_dir = on_rank_zero(str, checkpoint_dir)  # rank 0's run folder
         is_restart = self.optimizer_state_dict is not None
         if is_restart and self._restart_record is None:
             logger.warning(
@@ -92,7 +97,8 @@ class Trainer(PETTrainer):
                 "options_restart.yaml), and the resumed epochs draw other random "
                 "numbers than an uninterrupted run would"
             )
-        self._checked_run = check_run_inputs(
+        self._checked_run = on_rank_zero(
+            check_run_inputs,
             model,
             self.hypers,
             train_datasets,
@@ -115,9 +121,10 @@ class Trainer(PETTrainer):
             )
         # a restarted run has its optimizer state, and its start was aligned already
         if is_finetune and not is_restart:
-            self.hypers, self.aligned_targets = align(
-                model, self.hypers, train_datasets, val_datasets, dtype
+            self.hypers, self.aligned_targets = on_rank_zero(
+                align, model, self.hypers, train_datasets, val_datasets, dtype
             )
+            set_existing_compositions(model, self.aligned_targets)  # other ranks
         finetune = self.hypers["finetune"]
         if is_finetune and finetune["method"] == "lora":
             start_lora_at_pretrained(model, finetune)
@@ -135,7 +142,7 @@ class Trainer(PETTrainer):
         fits = self._epoch_checkpoint_dir / self.FITS_FOLDER
         fits.mkdir(parents=True, exist_ok=True)
         try:
-            with tidy_host_log():
+            with tidy_host_log(), distributed_pet_training(run):
                 super().train(
                     model=model,
                     dtype=dtype,
