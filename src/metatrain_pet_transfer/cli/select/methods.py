@@ -143,19 +143,21 @@ def _distances(points: np.ndarray, others: np.ndarray) -> np.ndarray:
 def kernel_coverage(
     points: np.ndarray, covered: np.ndarray, n: int, rng: np.random.Generator
 ) -> List[int]:
-    """Greedy: each pick raises the pool's coverage the most.
+    """Greedy: each pick of ``points`` raises the coverage the most.
 
-    The coverage of a pool structure is its largest Gaussian-kernel similarity to any
-    chosen (or covered) structure; the bandwidth is the median distance of a pool
+    The coverage of a structure is its largest Gaussian-kernel similarity to any
+    chosen or ``covered`` structure; the bandwidth is the median distance of a
     structure to its nearest neighbour. A pick gains the coverage it adds, summed
-    over the pool (a seeded sample of :data:`COVERAGE_SAMPLE` structures of it), so
-    it is worth at most 1 for itself plus what it adds to its neighbours: an
-    isolated structure waits until the dense regions are covered.
+    over every structure (candidates and covered ones, or a seeded sample of
+    :data:`COVERAGE_SAMPLE` of them), so it is worth at most 1 for itself plus what
+    it adds to its neighbours: an isolated structure waits until the dense regions
+    are covered.
     """
-    sample = np.arange(len(points))
-    if len(points) > COVERAGE_SAMPLE:
-        sample = np.sort(rng.choice(len(points), COVERAGE_SAMPLE, replace=False))
-    distances = _distances(points, points[sample])
+    everything = np.concatenate([points, covered]) if len(covered) else points
+    sample = np.arange(len(everything))
+    if len(everything) > COVERAGE_SAMPLE:
+        sample = np.sort(rng.choice(len(everything), COVERAGE_SAMPLE, replace=False))
+    distances = _distances(everything, everything[sample])
     nearest = distances.copy()
     nearest[sample, np.arange(len(sample))] = np.inf
     bandwidth = float(np.median(nearest.min(axis=0)))
@@ -164,9 +166,8 @@ def kernel_coverage(
     similarity = np.exp(-0.5 * (distances / bandwidth) ** 2)
     coverage = np.zeros(len(sample))
     if len(covered):
-        coverage = np.exp(
-            -0.5 * (_distances(covered, points[sample]) / bandwidth) ** 2
-        ).max(axis=0)
+        coverage = similarity[len(points) :].max(axis=0)
+    similarity = similarity[: len(points)]
     chosen: List[int] = []
     for _ in range(n):
         gain = np.maximum(similarity - coverage[None, :], 0.0).sum(axis=1)
