@@ -105,6 +105,19 @@ def dataset_section(path: Path) -> dict:
     }
 
 
+def write_if_changed(path: Path, frames) -> None:
+    """Replace ``path`` atomically, and only if its content changes (another
+    process of this benchmark may be reading it)."""
+    import ase.io
+
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    ase.io.write(temporary, frames, format="extxyz")
+    if path.exists() and path.read_bytes() == temporary.read_bytes():
+        temporary.unlink()
+    else:
+        os.replace(temporary, path)
+
+
 class Benchmark:
     """The data, the split and the files every row shares."""
 
@@ -137,15 +150,13 @@ class Benchmark:
         self.write_unlabelled_pool()
 
     def write(self, name: str, indices) -> Path:
-        import ase.io
 
         path = self.runs / name
-        ase.io.write(path, [self.frames[i] for i in indices], format="extxyz")
+        write_if_changed(path, [self.frames[i] for i in indices])
         return path
 
     def write_unlabelled_pool(self) -> None:
         """The pool as the selector sees it: geometry and ``pool_index`` only."""
-        import ase.io
         from ase import Atoms
 
         unlabelled = []
@@ -154,7 +165,7 @@ class Benchmark:
             copy = Atoms(numbers=atoms.numbers, positions=atoms.positions)
             copy.info["pool_index"] = index
             unlabelled.append(copy)
-        ase.io.write(self.pool_file, unlabelled, format="extxyz")
+        write_if_changed(self.pool_file, unlabelled)
 
     def selected(self, method: str, n: int, seed: int) -> tuple:
         """``mtt-transfer select`` on the unlabelled pool: frame indices, seconds."""
@@ -242,6 +253,41 @@ class Benchmark:
         }
 
 
+LEARNING_CURVE = REPO / "bench" / "results" / "learning_curve" / "results.csv"
+#: the name under which the learning curve's runs appear in the table
+LC_RANDOM = "random (learning curve)"
+
+
+def learning_curve_random(bench: "Benchmark", epochs: int) -> List[dict]:
+    """The learning curve's ``plugin-default`` runs: the same configuration, split,
+    random orders and seeds as ``random:N`` here, already measured (their per-frame
+    predictions are not kept, so no MD/rattled split)."""
+    records = []
+    for r in load(LEARNING_CURVE):
+        if (
+            r["row"] == "plugin-default"
+            and r["status"] == "ok"
+            and r["epochs"] == str(epochs)
+            and r["N"] in ("25", "50", "100")
+        ):
+            indices = bench.orders[r["seed"]][: int(r["N"])]
+            records.append(
+                {
+                    "method": LC_RANDOM,
+                    "N": r["N"],
+                    "seed": r["seed"],
+                    "train_seed": r["seed"],
+                    **bench.describe(indices),
+                    "test_energy_mae_meV_atom": r["test_energy_mae_meV_atom"],
+                    "test_force_mae_meV_A": r["test_force_mae_meV_A"],
+                    "test_force_mae_md_meV_A": "",
+                    "test_force_mae_rattled_meV_A": "",
+                    "status": "ok",
+                }
+            )
+    return records
+
+
 def load(path: Path) -> List[dict]:
     if not path.exists():
         return []
@@ -250,7 +296,7 @@ def load(path: Path) -> List[dict]:
 
 
 def save(path: Path, results: List[dict]) -> None:
-    order = {m: i for i, m in enumerate(("random",) + METHODS)}
+    order = {m: i for i, m in enumerate(("random", LC_RANDOM) + METHODS)}
     results.sort(key=lambda r: (int(r["N"]), order[r["method"]], int(r["seed"])))
     temporary = path.with_name(f".{path.name}.tmp")
     with open(temporary, "w", newline="") as stream:
@@ -267,15 +313,17 @@ def save(path: Path, results: List[dict]) -> None:
 
 
 def spread(values: List[float]) -> str:
+    if not values:
+        return "-"
     if len(values) == 1:
         return f"{values[0]:.1f}"
     return f"{statistics.median(values):.1f} [{min(values):.1f}-{max(values):.1f}]"
 
 
-def markdown(results: List[dict], epochs: int) -> str:
+def markdown(results: List[dict], epochs: int, bench: "Benchmark") -> str:
     """results.md: per (method, N), the test errors over draws / seeds."""
     groups: Dict[tuple, List[dict]] = {}
-    for r in results:
+    for r in results + learning_curve_random(bench, epochs):
         if r["status"] == "ok":
             groups.setdefault((int(r["N"]), r["method"]), []).append(r)
     lines = [
@@ -286,8 +334,11 @@ def markdown(results: List[dict], epochs: int) -> str:
         f"learning rate), batch 8, {epochs} epochs, from `pet_xtb.ckpt`; scored with "
         "`mtt eval` on the 89 test frames (79 MD, 10 rattled). `random`: the "
         "learning curve's random orders (round-robin over molecules), one draw and "
-        "training seed per row; selected rows: `mtt-transfer select` on the pool "
-        "without labels. Median [min-max] over runs.",
+        "training seed per run; `random (learning curve)`: the same runs as made by "
+        "`bench/learning_curve.py` (row `plugin-default`, "
+        "`bench/results/learning_curve/results.csv`); selected rows: "
+        "`mtt-transfer select` on the pool without labels, `mtt train` seed 0. "
+        "Median [min-max] over runs.",
         "",
         "| method | N | runs | σ=0.1 Å frames | rattled frames | molecules | "
         "test energy MAE (meV/atom) | test force MAE (meV/Å) | MD frames | "
@@ -296,7 +347,7 @@ def markdown(results: List[dict], epochs: int) -> str:
     ]
     for (n, method), rows in sorted(groups.items(), key=lambda kv: kv[0]):
         cells = [
-            spread([float(r[c]) for r in rows])
+            spread([float(r[c]) for r in rows if r[c] != ""])
             for c in (
                 "sigma01_frames",
                 "rattled_frames",
@@ -313,7 +364,7 @@ def markdown(results: List[dict], epochs: int) -> str:
         for method in METHODS
         if groups.get((50, method))
     ]
-    baseline = groups.get((100, "random"))
+    baseline = groups.get((100, "random")) or groups.get((100, LC_RANDOM))
     if headline and baseline:
         base = statistics.median(float(r["test_force_mae_meV_A"]) for r in baseline)
         base_e = statistics.median(
@@ -379,7 +430,7 @@ def run_rows(args) -> int:
                 results.append(record)
                 save(csv_path, results)
                 (args.out / "results.md").write_text(
-                    markdown(load(csv_path), args.epochs)
+                    markdown(load(csv_path), args.epochs, bench)
                 )
                 print(
                     f"{spec} seed={seed} train_seed={train_seed}: {record['status']} "
@@ -455,6 +506,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--runs", type=Path, default=Path("/tmp/bench_runs/select"))
     parser.add_argument("--speed", action="store_true")
+    parser.add_argument("--report", action="store_true", help="only rewrite results.md")
     parser.add_argument("--speed-pool", type=int, default=10000)
     parser.add_argument("--speed-methods", default="mix")
     args = parser.parse_args(argv)
@@ -462,6 +514,11 @@ def main(argv=None) -> int:
         setattr(args, name, [int(s) for s in getattr(args, name).split(",")])
     args.checkpoint, args.out = args.checkpoint.resolve(), args.out.resolve()
     args.runs = args.runs.resolve()
+    if args.report:
+        bench = Benchmark(args)
+        text = markdown(load(args.out / "results.csv"), args.epochs, bench)
+        (args.out / "results.md").write_text(text)
+        return 0
     return run_speed(args) if args.speed else run_rows(args)
 
 
