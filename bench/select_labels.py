@@ -69,6 +69,14 @@ def bin_tool(name: str) -> str:
     return str(Path(sys.executable).parent / name)
 
 
+def children_cpu_seconds() -> float:
+    """User + system seconds of the finished child processes so far."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run_logged(command: List[str], folder: Path, log: str) -> float:
     """Run ``command`` in ``folder`` with one thread, output to ``folder/log``;
     :return: wall seconds. Raises with the log's last line if it fails."""
@@ -465,12 +473,14 @@ def run_speed(args) -> int:
         output.unlink(missing_ok=True)
         command = [bin_tool("mtt-transfer"), "select", str(args.checkpoint)]
         command += [str(pool_file), "-n", "100", "-o", str(output), "--method", method]
+        cpu_before = children_cpu_seconds()
         seconds = run_logged(command, folder, f"select_{method}.log")
+        cpu = children_cpu_seconds() - cpu_before
         log = (folder / f"select_{method}.log").read_text()
         rate = re.search(r"\(([0-9.]+) structures/s\)", log)
         choose = re.search(r"with '\w+' \(seed \d+\) in ([0-9.]+) s", log)
         lines.append(
-            f"| {method} | {len(pool)} | {seconds:.0f} | "
+            f"| {method} | {len(pool)} | {seconds:.0f} | {cpu:.0f} | "
             f"{rate.group(1) if rate else '?'} | {choose.group(1) if choose else '?'} |"
         )
         print(lines[-1], flush=True)
@@ -484,9 +494,9 @@ def run_speed(args) -> int:
             "`-n 100`, `OMP_NUM_THREADS=1`, on a 2-core machine shared with other "
             "jobs. Command: `python bench/select_labels.py --speed`.",
             "",
-            "| method | pool | wall, whole command (s) | forward pass (structures/s) "
-            "| choosing 100 (s) |",
-            "|---|---|---|---|---|",
+            "| method | pool | wall, whole command (s) | CPU, whole command (s) | "
+            "forward pass (structures/s, wall) | choosing 100 (s, wall) |",
+            "|---|---|---|---|---|---|",
             *lines,
         ]
     )
