@@ -505,6 +505,48 @@ def run_speed(args) -> int:
     return 0
 
 
+def run_picks(args) -> int:
+    """What each method picks from the pool (no training): frames rattled by
+    σ = 0.1 Å and in all, and molecules, among its first 25, 50 and 100 picks
+    (``select`` writes its picks in order: the first k are what ``-n k`` picks)."""
+    bench = Benchmark(args)
+    rows = []
+    for method in METHODS:
+        picked, seconds = bench.selected(method, 100, 0)
+        for n in (25, 50, 100):
+            d = bench.describe(picked[:n])
+            rows.append(
+                f"| {method} | {n} | {d['sigma01_frames']} | "
+                f"{d['rattled_frames']} | {d['molecules']} |"
+            )
+    for n in (25, 50, 100):
+        counts = [bench.describe(bench.orders[s][:n]) for s in ("0", "1", "2")]
+        cells = [
+            spread([float(c[k]) for c in counts])
+            for k in ("sigma01_frames", "rattled_frames", "molecules")
+        ]
+        rows.append(f"| random (3 draws) | {n} | " + " | ".join(cells) + " |")
+    text = "\n".join(
+        [
+            "# What `mtt-transfer select` picks from the PBE0 pool",
+            "",
+            "Pool: the 231 training-pool frames of "
+            "`bench/results/learning_curve/splits.json` (200 MD, 31 rattled of which "
+            "6 by σ = 0.1 Å; 26 molecules), labels removed; `select -n 100 --seed 0`, "
+            "first N picks. Random: the learning curve's orders, median [min-max] "
+            "over seeds 0-2. Command: `python bench/select_labels.py --picks`.",
+            "",
+            "| method | N | σ = 0.1 Å frames | rattled frames | molecules |",
+            "|---|---|---|---|---|",
+            *rows,
+        ]
+    )
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "picks.md").write_text(text + "\n")
+    print(text)
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", default="mix:50,random:100")
@@ -516,6 +558,9 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--runs", type=Path, default=Path("/tmp/bench_runs/select"))
     parser.add_argument("--speed", action="store_true")
+    parser.add_argument(
+        "--picks", action="store_true", help="only what each method picks"
+    )
     parser.add_argument("--report", action="store_true", help="only rewrite results.md")
     parser.add_argument("--speed-pool", type=int, default=10000)
     parser.add_argument("--speed-methods", default="mix")
@@ -529,6 +574,8 @@ def main(argv=None) -> int:
         text = markdown(load(args.out / "results.csv"), args.epochs, bench)
         (args.out / "results.md").write_text(text)
         return 0
+    if args.picks:
+        return run_picks(args)
     return run_speed(args) if args.speed else run_rows(args)
 
 
