@@ -320,12 +320,13 @@ def save(path: Path, results: List[dict]) -> None:
     os.replace(temporary, path)
 
 
-def spread(values: List[float]) -> str:
+def spread(values: List[float], digits: int = 1) -> str:
     if not values:
         return "-"
     if len(values) == 1:
-        return f"{values[0]:.1f}"
-    return f"{statistics.median(values):.1f} [{min(values):.1f}-{max(values):.1f}]"
+        return f"{values[0]:.{digits}f}"
+    low, mid, high = min(values), statistics.median(values), max(values)
+    return f"{mid:.{digits}f} [{low:.{digits}f}-{high:.{digits}f}]"
 
 
 def markdown(results: List[dict], epochs: int, bench: "Benchmark") -> str:
@@ -355,7 +356,7 @@ def markdown(results: List[dict], epochs: int, bench: "Benchmark") -> str:
     ]
     for (n, method), rows in sorted(groups.items(), key=lambda kv: kv[0]):
         cells = [
-            spread([float(r[c]) for r in rows if r[c] != ""])
+            spread([float(r[c]) for r in rows if r[c] != ""], 1 if "mae" in c else 0)
             for c in (
                 "sigma01_frames",
                 "rattled_frames",
@@ -522,7 +523,7 @@ def run_picks(args) -> int:
     for n in (25, 50, 100):
         counts = [bench.describe(bench.orders[s][:n]) for s in ("0", "1", "2")]
         cells = [
-            spread([float(c[k]) for c in counts])
+            spread([float(c[k]) for c in counts], 0)
             for k in ("sigma01_frames", "rattled_frames", "molecules")
         ]
         rows.append(f"| random (3 draws) | {n} | " + " | ".join(cells) + " |")
