@@ -220,11 +220,15 @@ def prepare(settings: Settings) -> tuple:
 
 
 def write_frames_if_changed(path: Path, frames) -> None:
-    """Another harness process may be reading ``path``: replace it atomically, and
-    only if its content would change."""
+    """Another harness process or thread may be reading ``path``: replace it
+    atomically, and only if its content would change."""
+    import threading
+
     import ase.io
 
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    # one temporary file per process and thread: runs of one wave write at once
+    writer = f"{os.getpid()}-{threading.get_ident()}"
+    temporary = path.with_name(f".{path.name}.{writer}.tmp")
     ase.io.write(temporary, frames, format="extxyz")
     if path.exists() and path.read_bytes() == temporary.read_bytes():
         temporary.unlink()
