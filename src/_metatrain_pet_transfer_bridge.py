@@ -23,6 +23,15 @@ What it touches, all in memory:
   names: the checkpoint gate of ``mtt eval/export/--restart`` and the "did you mean"
   suggestion use it), ``get_architecture_path`` and ``get_architecture_name`` (point at
   the plugin's folder, so ``preload_documentation_module`` works).
+- In ``metatrain.utils.distributed.logging`` only: ``is_main_process``. metatrain
+  knows one multi-process launcher, SLURM; under torchrun (``RANK``, ``WORLD_SIZE``,
+  ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT`` all set) every process would
+  think it is the main one, and each would create its own run folder, log file and
+  exported model. The wrapper answers ``RANK == 0`` there, so ``mtt train`` under
+  torchrun behaves as under ``srun``: one run folder, one log, one export, written
+  by rank 0 (the training itself is the architecture's business:
+  ``metatrain_pet_transfer.parallel``). Outside torchrun it returns the host's
+  answer.
 - Entry points are read only when metatrain asks for a name it does not have.
 
 How it steps aside: the wrappers only add what the host does not already return, and
@@ -41,6 +50,9 @@ import sys
 GROUP = "metatrain.architectures"
 _HOST = "metatrain"
 _WRAPPED_MODULE = "metatrain.utils.architectures"
+_MAIN_PROCESS_MODULE = "metatrain.utils.distributed.logging"
+#: set by torchrun for each worker
+_TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 _declared = None  # name -> module path, read lazily from the entry points
 _aliases = {}  # "metatrain.<name>" -> "<plugin module>", for names already resolved
@@ -109,7 +121,9 @@ def find_spec(fullname, path=None, target=None):
     """
     _append_alias_finder()
     if fullname == _WRAPPED_MODULE:
-        return _wrapping_spec(fullname, path, target)
+        return _wrapping_spec(fullname, path, target, wrap_architecture_lookup)
+    if fullname == _MAIN_PROCESS_MODULE:
+        return _wrapping_spec(fullname, path, target, wrap_main_process)
     parent, _, child = fullname.rpartition(".")
     if parent in _aliases:
         submodule = f"{_aliases[parent]}.{child}"
@@ -123,22 +137,23 @@ def _append_alias_finder():
         sys.meta_path.append(_AliasFinder())
 
 
-def _wrapping_spec(fullname, path, target):
+def _wrapping_spec(fullname, path, target, wrap):
     for finder in sys.meta_path:
         if _is_trigger(finder) or not hasattr(finder, "find_spec"):
             continue
         spec = finder.find_spec(fullname, path, target)
         if spec is not None:
-            spec.loader = _WrappingLoader(spec.loader)
+            spec.loader = _WrappingLoader(spec.loader, wrap)
             return spec
     return None
 
 
 class _WrappingLoader:
-    """Runs the host's loader, then wraps the lookup functions of the module."""
+    """Runs the host's loader, then wraps functions of the module with ``wrap``."""
 
-    def __init__(self, loader):
+    def __init__(self, loader, wrap):
         self.loader = loader
+        self.wrap = wrap
 
     def __getattr__(self, name):
         return getattr(self.loader, name)
@@ -150,7 +165,7 @@ class _WrappingLoader:
         self.loader.exec_module(module)
         module.__spec__.loader = self.loader
         module.__loader__ = self.loader
-        wrap_architecture_lookup(module)
+        self.wrap(module)
 
 
 def _plugin_directory(name):
@@ -209,6 +224,28 @@ def wrap_architecture_lookup(module):
         setattr(module, host.__name__, wrapper)
 
 
+def wrap_main_process(module):
+    """Make ``is_main_process`` answer ``RANK == 0`` under torchrun.
+
+    :param module: the imported ``metatrain.utils.distributed.logging`` module
+    """
+    host = module.is_main_process
+    if getattr(host, "__torchrun_bridge__", False):
+        return
+
+    def is_main_process():
+        import os
+
+        if all(name in os.environ for name in _TORCHRUN_VARIABLES):
+            return os.environ["RANK"] == "0"
+        return host()
+
+    is_main_process.__doc__ = host.__doc__
+    is_main_process.__wrapped__ = host
+    is_main_process.__torchrun_bridge__ = True
+    module.is_main_process = is_main_process
+
+
 #: class name of the start-up finder added by the ``.pth`` file (or by :func:`install`)
 TRIGGER = "_metatrain_pet_transfer_trigger"
 
@@ -232,6 +269,14 @@ def install():
             if name.startswith(_HOST + ".") and module is not host_module:
                 if getattr(module, "find_all_architectures", None) is host_find_all:
                     module.find_all_architectures = host_module.find_all_architectures
+    main_module = sys.modules.get(_MAIN_PROCESS_MODULE)
+    if main_module is not None:  # imported before we were installed
+        host_is_main = main_module.is_main_process
+        wrap_main_process(main_module)
+        for name, module in list(sys.modules.items()):
+            if name.startswith(_HOST + ".") and module is not main_module:
+                if getattr(module, "is_main_process", None) is host_is_main:
+                    module.is_main_process = main_module.is_main_process
 
 
 def _trigger_find_spec(fullname, path=None, target=None):

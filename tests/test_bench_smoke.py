@@ -346,14 +346,23 @@ def run_harness(*args, timeout=300):
 
 
 def test_tiny_campaign_writes_its_results(tmp_path, pretrained_checkpoint):
-    spec = write_spec(tmp_path, checkpoint=pretrained_checkpoint)
+    rows = ["native-full", "plugin-default", "zero-shot"]
+    runs = [{"rows": rows, "n": [10], "seeds": [0]}]
+    spec = write_spec(tmp_path, checkpoint=pretrained_checkpoint, runs=runs)
     out = tmp_path / "out"
-    result = run_harness("--campaign", spec, "--out", out, "--runs", tmp_path / "runs")
+    # two runs at once (native-full and plugin-default), as the campaigns run
+    result = run_harness(
+        "--campaign", spec, "--out", out, "--runs", tmp_path / "runs", "--jobs", 2
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
     with open(out / "results.csv", newline="") as stream:
         records = list(csv.DictReader(stream))
-    assert sorted(r["row"] for r in records) == ["native-full", "zero-shot"]
+    assert sorted(r["row"] for r in records) == [
+        "native-full",
+        "plugin-default",
+        "zero-shot",
+    ]
     for record in records:
         assert record["status"] == "ok", record["error"]
         assert record["run_dir"].startswith(str(tmp_path / "runs"))
@@ -366,13 +375,15 @@ def test_tiny_campaign_writes_its_results(tmp_path, pretrained_checkpoint):
             "cpu_s",
         ]:
             assert math.isfinite(float(record[column])), (record["row"], column)
-    # the CPU time is the child's own: a training takes seconds of it
-    trained = next(r for r in records if r["row"] == "native-full")
-    assert 1 < float(trained["cpu_s"]) < 10 * float(trained["wall_s"])
+    # the CPU time is each child's own (two ran at once): seconds, not both summed
+    for row in ["native-full", "plugin-default"]:
+        trained = next(r for r in records if r["row"] == row)
+        assert 1 < float(trained["cpu_s"]) < 1.5 * float(trained["wall_s"])
 
     table = (out / "results.md").read_text()
     assert f"--campaign {spec} --out {out}" in table
     assert "| zero-shot | 10 |" in table and "| native-full | 10 | 2 |" in table
+    assert "| plugin-default | 10 | 2 | default |" in table
     # the only lr was the best: at both edges, with no extension allowed
     assert "native-full: the selected learning rate 0.001 is at an edge" in table
     assert (out / "results.png").stat().st_size > 0

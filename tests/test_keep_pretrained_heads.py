@@ -61,58 +61,66 @@ def last_epoch(trained, output, pretrained=None):
     torch.save(checkpoint, output)
 
 
-def with_adapters(kept, output, adapters_from):
-    """``kept`` with the LoRA adapters of another run's last epoch."""
-    checkpoint = torch.load(kept, weights_only=False, map_location="cpu")
-    other = torch.load(adapters_from, weights_only=False, map_location="cpu")
-    state = copy.deepcopy(checkpoint["best_model_state_dict"])
-    adapters = [key for key in state if ".lora_" in key]
-    assert adapters
-    for key in adapters:
-        state[key] = other["model_state_dict"][key].clone()
-    checkpoint["best_model_state_dict"] = state
-    torch.save(checkpoint, output)
-
-
-@pytest.mark.parametrize("method", ["full", "lora"])
-def test_kept_head_stays_close_to_the_pretrained_model(workdir, method):
+def test_kept_head_stays_close_to_the_pretrained_model(workdir):
     frames = ase.io.read(workdir / "pbe0_small.xyz", ":")
     run_mtt(["export", "pretrained.ckpt", "-o", "pretrained.pt"], cwd=workdir)
     reference = forces(workdir / "pretrained.pt", frames)
 
-    log = train(workdir, options(method=method), "model.pt")
+    log = train(workdir, options(method="full"), "model.pt")
     assert "Keeping the pretrained head 'energy' valid" in log
     # the kept head is a target like the others: its errors are logged every epoch
     assert "validation energy MAE (per atom)" in log
 
+    # control: the same backbone under the untouched pretrained head drifts away
+    # from the pretrained forces; the trained kept head stays closer
     last_epoch(workdir / "model.ckpt", workdir / "kept.ckpt")
-    if method == "lora":
-        # LoRA freezes every head, the kept one too: the pretrained predictions
-        # only train the adapters. Control: the adapters of the same training
-        # without the option, under the same (frozen, pretrained) head
-        train(workdir, options(method=method, keep=False), "control.pt")
-        with_adapters(
-            workdir / "kept.ckpt", workdir / "drift.ckpt", workdir / "control.ckpt"
-        )
-    else:
-        # control: the same backbone under the untouched pretrained head drifts
-        # away from the pretrained forces; the trained kept head stays closer
-        last_epoch(
-            workdir / "model.ckpt", workdir / "drift.ckpt", workdir / "pretrained.ckpt"
-        )
+    last_epoch(
+        workdir / "model.ckpt", workdir / "drift.ckpt", workdir / "pretrained.ckpt"
+    )
     for name in ["kept", "drift"]:
         run_mtt(["export", f"{name}.ckpt", "-o", f"{name}.pt"], cwd=workdir)
     kept = np.abs(forces(workdir / "kept.pt", frames) - reference).mean()
     drift = np.abs(forces(workdir / "drift.pt", frames) - reference).mean()
-    # measured on this tiny PET: full 28.5 vs 40.7 meV/A; lora 14.58 vs 14.80: with
-    # LoRA the kept head barely holds the old level better than no option at all
-    # (the adapters serve both levels), but a head trained on anything else than
-    # the pretrained predictions ends further away than the control
-    assert kept < (0.8 if method == "full" else 1.0) * drift, (kept, drift)
+    # measured on this tiny PET: 28.5 vs 40.7 meV/A
+    assert kept < 0.8 * drift, (kept, drift)
 
     # the new level is served next to the old one
     new = forces(workdir / "model.pt", frames[:1], "pbe0")
     assert np.all(np.isfinite(new))
+
+
+def test_with_lora_the_kept_head_is_served_frozen(workdir):
+    """LoRA freezes every head, the kept one too: it is served next to the new
+    level with the pretrained head's weights, on the adapted backbone.
+
+    How close it stays is not tested: on this tiny PET the adapters hold the old
+    level no better than without the option (old-level force deviation from the
+    pretrained model 14.58 vs 14.80 meV/A after 4 epochs, rank 2, alpha 16), and
+    no worse when the kept head's labels come from another model (docs/transfer.md).
+    """
+    from metatomic.torch import load_atomistic_model
+
+    log = train(workdir, options(method="lora"), "model.pt")
+    assert "Keeping the pretrained head 'energy' valid" in log
+    assert "validation energy MAE (per atom)" in log
+
+    outputs = load_atomistic_model(str(workdir / "model.pt")).capabilities().outputs
+    assert {"energy", "energy/pbe0"} <= set(outputs), list(outputs)
+    trained = torch.load(workdir / "model.ckpt", weights_only=False)
+    trained = trained["model_state_dict"]  # the last epoch
+    source = torch.load(workdir / "pretrained.ckpt", weights_only=False)
+    source = source["best_model_state_dict"] or source["model_state_dict"]
+    kept = [
+        key
+        for key in trained
+        if any(key.startswith(f"backend.{m}.energy.") for m in HEAD_MODULES)
+    ]
+    assert kept
+    for key in kept:
+        assert torch.equal(trained[key], source[key]), key
+    # while the adapters moved: the old level is computed on another backbone
+    adapters = [key for key in trained if key.endswith("lora_B.weight")]
+    assert adapters and any(trained[key].any() for key in adapters)
 
 
 @pytest.mark.parametrize("method", ["full", "lora"])

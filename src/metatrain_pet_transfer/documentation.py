@@ -14,7 +14,7 @@ or repeat the checkpoint's values (``mtt-transfer inspect CHECKPOINT`` prints th
 any differing value stops the run with the list of differing keys.
 """
 
-from typing import Annotated, Optional, get_args
+from typing import Annotated, Literal, Optional, get_args
 
 from metatrain.pet.documentation import ModelHypers as PETModelHypers
 from metatrain.pet.documentation import TrainerHypers as PETTrainerHypers
@@ -184,6 +184,18 @@ class TrainerHypers(PETTrainerHypers):
     when the labels are at another level of theory.
     """
 
+    distributed_timeout: Annotated[int, Field(ge=1)] = 1800
+    """Seconds a process of a multi-process run (torchrun, ``srun``) waits for the
+    others in one collective operation before it stops with an error.
+
+    A rank that dies or hangs makes the others exit within this time instead of
+    waiting forever (under torchrun they stop at once: its agent ends every worker
+    when one fails). It must exceed the longest pass one rank makes while the others
+    wait: the input checks and the alignment fit run on rank 0 only, before the
+    first epoch, and checkpoints are written by rank 0. The default is
+    torch.distributed's own (30 minutes). Ignored in a single process.
+    """
+
     keep_pretrained_heads: bool = False
     """Keep the pretrained energy heads valid next to the new ones.
 
@@ -195,4 +207,21 @@ class TrainerHypers(PETTrainerHypers):
     the kept heads' validation errors, logged every epoch, measure what the
     transfer forgot. ``heads`` never changes the backbone: old heads stay valid
     without this option.
+    """
+
+    new_atomic_types_init: Literal["mean", "nearest", "random"] = "mean"
+    """How the model starts for elements the checkpoint has never seen.
+
+    When the training or validation data hold atomic types the checkpoint lacks
+    (e.g. N for a checkpoint trained on H, C, O), the model is extended to the union
+    of types, whatever ``finetune.method``: every per-type tensor (PET's node, edge
+    and neighbour embeddings, species index maps, composition weights, scaler) gets
+    entries for the new types, the old entries stay bit-identical, and the new types'
+    composition weights are fitted on the training data (on the residual of the
+    aligned start, as for the old types). This option sets the new embedding rows:
+    ``mean`` (the mean of the existing rows), ``nearest`` (the mean of the rows of
+    the chemically nearest existing elements, by period and group: N starts from C
+    and O) or ``random`` (PET's own initialisation of an untrained model). With
+    ``heads`` and ``lora`` the new rows train while the rest of the backbone stays
+    frozen. The training log names the new elements.
     """

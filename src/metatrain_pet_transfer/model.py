@@ -10,6 +10,7 @@ from metatomic.torch import (
 )
 from metatrain.pet import PET
 
+from .recipe import species
 from .recipe.energy_levels import (
     EnergyVariants,
     describe_energy_outputs,
@@ -20,6 +21,10 @@ from .resume import restore_random_state
 
 
 ARCHITECTURE_NAME = "pet_transfer"
+
+# a fine-tuning dataset with elements the checkpoint lacks reaches
+# `PETTransfer.restart` instead of PET's error (recipe/species.py explains the seam)
+species.route_new_types()
 
 
 class PETTransfer(PET):
@@ -49,6 +54,23 @@ class PETTransfer(PET):
         if not isinstance(model, cls):
             model.__class__ = cls
         return model
+
+    def restart(
+        self, dataset_info, model_hypers: Optional[Dict[str, Any]] = None
+    ) -> "PETTransfer":
+        """PET's ``restart``, after extending the model to atomic types of the
+        dataset it does not know (:mod:`.recipe.species`).
+
+        The extended model is a new object (PET's ``restart`` returns the model
+        ``mtt train`` trains); it lists the added types in ``extended_atomic_types``
+        for the trainer, which initialises their rows.
+        """
+        model = self
+        added = species.new_atomic_types(self, dataset_info)
+        if added:
+            model = species.extend_atomic_types(self, added)
+            model.extended_atomic_types = added
+        return species.HOST_RESTART(model, dataset_info, model_hypers=model_hypers)
 
     @classmethod
     def load_checkpoint(

@@ -18,9 +18,11 @@ from .checks.run_inputs import CheckedRun, check_run_inputs
 from .documentation import with_pet_heads
 from .host_log import tidy_host_log
 from .model import PETTransfer
-from .recipe.alignment import align
+from .parallel import distributed_pet_training, on_rank_zero, start_distributed_run
+from .recipe.alignment import align, set_existing_compositions
 from .recipe.distillation import keep_pretrained_heads
 from .recipe.lora import start_lora_at_pretrained
+from .recipe.species import prepare_new_types
 from .resume import (
     RECORD_KEY,
     capture_random_state,
@@ -37,8 +39,9 @@ class Trainer(PETTrainer):
     """Transfers a pretrained PET to new targets with metatrain's PET trainer.
 
     The recipe: take over the model loaded from ``training.finetune.read_from``,
-    check the run's inputs (:mod:`.checks`), align the new energy heads with the
-    pretrained ones (:mod:`.recipe.alignment`), start LoRA adapters as a no-op
+    check the run's inputs (:mod:`.checks`), start the rows of atomic types the
+    checkpoint did not know (:mod:`.recipe.species`), align the new energy heads
+    with the pretrained ones (:mod:`.recipe.alignment`), start LoRA adapters as a no-op
     (:mod:`.recipe.lora`), keep the old energy heads valid if asked
     (:mod:`.recipe.distillation`), run PET's training loop, and write checkpoints
     atomically under this architecture's name, with what a restart needs to go on
@@ -81,6 +84,10 @@ class Trainer(PETTrainer):
         checkpoint_dir: str,
     ) -> None:
         model = PETTransfer.adopt(model)
+        # several processes (torchrun, srun): the plugin's passes run on rank 0 and
+        # every rank gets their result or their error (`parallel`)
+        run = start_distributed_run(self.hypers, devices)
+        checkpoint_dir = on_rank_zero(str, checkpoint_dir)  # rank 0's run folder
         is_restart = self.optimizer_state_dict is not None
         if is_restart and self._restart_record is None:
             logger.warning(
@@ -90,7 +97,8 @@ class Trainer(PETTrainer):
                 "options_restart.yaml), and the resumed epochs draw other random "
                 "numbers than an uninterrupted run would"
             )
-        self._checked_run = check_run_inputs(
+        self._checked_run = on_rank_zero(
+            check_run_inputs,
             model,
             self.hypers,
             train_datasets,
@@ -105,11 +113,18 @@ class Trainer(PETTrainer):
         if is_restart:
             restore_learning_rate_at_first_step(model, self.optimizer_state_dict)
         is_finetune = self.hypers["finetune"]["read_from"] is not None
+        new_rows_hooks = []
+        if is_finetune:
+            # after a `--restart`, the rows exist: only heads/lora need their hooks
+            new_rows_hooks = prepare_new_types(
+                model, self.hypers, is_fresh_start=self.optimizer_state_dict is None
+            )
         # a restarted run has its optimizer state, and its start was aligned already
         if is_finetune and not is_restart:
-            self.hypers, self.aligned_targets = align(
-                model, self.hypers, train_datasets, val_datasets, dtype
+            self.hypers, self.aligned_targets = on_rank_zero(
+                align, model, self.hypers, train_datasets, val_datasets, dtype
             )
+            set_existing_compositions(model, self.aligned_targets)  # other ranks
         finetune = self.hypers["finetune"]
         if is_finetune and finetune["method"] == "lora":
             start_lora_at_pretrained(model, finetune)
@@ -126,15 +141,19 @@ class Trainer(PETTrainer):
         self._epoch_checkpoint_dir = Path(checkpoint_dir)
         fits = self._epoch_checkpoint_dir / self.FITS_FOLDER
         fits.mkdir(parents=True, exist_ok=True)
-        with tidy_host_log():
-            super().train(
-                model=model,
-                dtype=dtype,
-                devices=devices,
-                train_datasets=train_datasets,
-                val_datasets=val_datasets,
-                checkpoint_dir=str(fits),
-            )
+        try:
+            with tidy_host_log(), distributed_pet_training(run):
+                super().train(
+                    model=model,
+                    dtype=dtype,
+                    devices=devices,
+                    train_datasets=train_datasets,
+                    val_datasets=val_datasets,
+                    checkpoint_dir=str(fits),
+                )
+        finally:
+            for hook in new_rows_hooks:
+                hook.remove()
 
     def save_checkpoint(self, model: ModelInterface, path: Union[str, Path]) -> None:
         """Write the checkpoint in a hidden temporary folder beside ``path``, then

@@ -142,12 +142,17 @@ def choose_sources(
 
 @dataclass
 class _Predictions:
-    """Pretrained predictions for one dataset, batch by batch, and atom counts."""
+    """Pretrained predictions for one dataset: per-structure atom counts and
+    energies, and the errors of the gradients (forces, virials), which the
+    per-element shift does not change, accumulated batch by batch. Nothing of
+    the size of the data (systems, neighbor lists, forces) is kept: a
+    disk-backed dataset is read one batch at a time."""
 
-    batches: list
     counts: np.ndarray  # (n_structures, n_types)
     labels: np.ndarray  # (n_structures,) total energies
     predicted: np.ndarray  # (n_structures,) total energies
+    rmse: RMSEAccumulator
+    mae: MAEAccumulator
 
 
 def evaluation_batches(
@@ -188,11 +193,13 @@ def _predict(
     datasets: List[DatasetLike],
     batch_size: int,
     dtype: torch.dtype,
+    per_structure_targets: List[str],
 ) -> _Predictions:
     """Run the pretrained ``source`` head (with its gradients) on the labels of
     ``target``, as ``mtt eval`` would: raw labels, full model prediction."""
     type_index = {t: i for i, t in enumerate(model.atomic_types)}
-    batches, counts, labels, predicted = [], [], [], []
+    counts, labels, predicted = [], [], []
+    rmse, mae = RMSEAccumulator(), MAEAccumulator()
     for systems, targets, extra_data in evaluation_batches(
         model, datasets, batch_size, dtype, [target]
     ):
@@ -200,7 +207,6 @@ def _predict(
             model, systems, {source: target_info}, is_training=False
         )[source]
         prediction = mts.detach(prediction)
-        batches.append((systems, prediction, targets[target], extra_data))
         for system in systems:
             row = np.zeros(len(type_index))
             for atomic_type in system.types.tolist():
@@ -208,15 +214,25 @@ def _predict(
             counts.append(row)
         labels.append(targets[target].block().values.detach().cpu().double())
         predicted.append(prediction.block().values.detach().cpu().double())
-    if not counts:
-        return _Predictions(
-            [], np.zeros((0, len(type_index))), np.zeros(0), np.zeros(0)
+        # the energies' errors are recomputed with the shift; these are for the
+        # gradients, which it does not change
+        averaged = average_by_num_atoms(
+            {target: prediction}, systems, per_structure_targets
         )
+        label = average_by_num_atoms(
+            {target: targets[target]}, systems, per_structure_targets
+        )
+        rmse.update(averaged, label, extra_data)
+        mae.update(averaged, label, extra_data)
+    if not counts:
+        empty = np.zeros(0)
+        return _Predictions(np.zeros((0, len(type_index))), empty, empty, rmse, mae)
     return _Predictions(
-        batches,
         np.array(counts),
         torch.cat(labels).reshape(-1).numpy(),
         torch.cat(predicted).reshape(-1).numpy(),
+        rmse,
+        mae,
     )
 
 
@@ -237,34 +253,16 @@ def _zero_shot_metrics(
 ) -> Dict[str, float]:
     """Errors of "pretrained + shift" against the labels, with metatrain's metric
     names and conventions (energies per atom, as in the training log)."""
-    rmse, mae = RMSEAccumulator(), MAEAccumulator()
-    offset = 0
-    for systems, prediction, label, extra_data in predictions.batches:
-        n = len(systems)
-        energy_shift = torch.tensor(
-            predictions.counts[offset : offset + n] @ shift,
-            dtype=prediction.block().values.dtype,
-            device=prediction.block().values.device,
-        ).reshape(-1, 1)
-        offset += n
-        block = prediction.block()
-        shifted = mts.TensorBlock(
-            values=block.values + energy_shift,
-            samples=block.samples,
-            components=block.components,
-            properties=block.properties,
-        )
-        for parameter in block.gradients_list():
-            shifted.add_gradient(parameter, block.gradient(parameter).copy())
-        shifted_map = mts.TensorMap(prediction.keys, [shifted])
-        predicted = average_by_num_atoms(
-            {target: shifted_map}, systems, per_structure_targets
-        )
-        labels = average_by_num_atoms({target: label}, systems, per_structure_targets)
-        rmse.update(predicted, labels, extra_data)
-        mae.update(predicted, labels, extra_data)
-    if offset == 0:
+    if len(predictions.labels) == 0:
         return {}
+    errors = predictions.labels - predictions.predicted - predictions.counts @ shift
+    if target not in per_structure_targets:
+        errors = errors / predictions.counts.sum(axis=1)
+    rmse = copy.deepcopy(predictions.rmse)
+    mae = copy.deepcopy(predictions.mae)
+    # the accumulators' (sum, count) of the energies, with the shift applied
+    rmse.information[target] = (float((errors**2).sum()), len(errors))
+    mae.information[target] = (float(np.abs(errors).sum()), len(errors))
     not_per_atom = ["positions_gradients"] + per_structure_targets
     metrics = rmse.finalize(not_per_atom=not_per_atom)
     metrics.update(mae.finalize(not_per_atom=not_per_atom))
@@ -293,6 +291,18 @@ def _set_composition_weights(model, target: str, weights: Dict[int, float]) -> N
             composition.dummy_buffer.device
         ),
     )
+
+
+def set_existing_compositions(model, results: List[AlignedTarget]) -> None:
+    """Give ``model`` the aligned composition of the targets it already had.
+
+    :func:`align` sets them itself; a rank that received ``align``'s results from
+    rank 0 of a multi-process run calls this instead (setting them twice is
+    harmless). New targets need nothing: their composition is in the hypers.
+    """
+    for result in results:
+        if not result.is_new:
+            _set_composition_weights(model, result.target, result.composition)
 
 
 def _scale(model, target: str) -> float:
@@ -355,10 +365,20 @@ def align(
                 continue
             info = targets[target]
             batch_size = hypers["batch_size"]
-            train = _predict(
-                model, source, target, info, train_datasets, batch_size, dtype
+            per_structure = hypers["per_structure_targets"]
+            train, val = (
+                _predict(
+                    model,
+                    source,
+                    target,
+                    info,
+                    datasets,
+                    batch_size,
+                    dtype,
+                    per_structure,
+                )
+                for datasets in (train_datasets, val_datasets)
             )
-            val = _predict(model, source, target, info, val_datasets, batch_size, dtype)
             shift = _fit_shift(train)
             source_weights = _composition_weights(model, source)
             composition = {

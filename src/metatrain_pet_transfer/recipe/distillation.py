@@ -21,13 +21,16 @@ from typing import Dict, List, Tuple
 
 import metatensor.torch as mts
 import torch
-from metatensor.learn.data import Dataset
+
+# the sample class of metatrain's datasets: it takes names such as "mtt::energy_x"
+from metatensor.learn.data._namedtuple import namedtuple
 from metatensor.torch import Labels
 from metatrain.utils.data import TargetInfo
 from metatrain.utils.evaluate_model import evaluate_model
 from metatrain.utils.io import model_from_checkpoint
 
 from ..checkpoints import load_checkpoint_safely
+from ..parallel.rank_zero import on_rank_zero
 from .alignment import DatasetLike, evaluation_batches
 
 
@@ -77,25 +80,24 @@ def load_pretrained(read_from: str, dtype: torch.dtype, device: torch.device):
     return model.eval()
 
 
-def with_pretrained_labels(
+def pretrained_predictions(
     pretrained,
     targets: Dict[str, TargetInfo],
     datasets: List[DatasetLike],
     batch_size: int,
     dtype: torch.dtype,
-) -> List[Dataset]:
-    """Copies of ``datasets`` whose samples also hold the pretrained model's
-    predictions for ``targets`` (energies with their gradients, in float64 like
-    the labels metatrain reads)."""
-    labelled = []
+) -> List[Dict[str, List[mts.TensorMap]]]:
+    """The pretrained model's predictions for ``targets``, one float64 CPU
+    TensorMap per structure, per dataset (picklable: a multi-process run computes
+    them on rank 0 and sends them to the other ranks)."""
+    result = []
     for dataset in datasets:
-        samples = [dataset[i]._asdict() for i in range(len(dataset))]
-        if not samples:
-            labelled.append(dataset)
-            continue
         predictions: Dict[str, List[mts.TensorMap]] = {name: [] for name in targets}
+        if len(dataset) == 0:
+            result.append(predictions)
+            continue
         # only the systems: the loader must not collate the run's own targets
-        systems_only = Dataset.from_dict({"system": [s["system"] for s in samples]})
+        systems_only = _Fields(dataset, ["system"])
         offset = 0
         for systems, _, _ in evaluation_batches(
             pretrained, [systems_only], batch_size, dtype, []
@@ -106,11 +108,78 @@ def with_pretrained_labels(
                     _per_structure(mts.detach(outputs[name]), len(systems), offset)
                 )
             offset += len(systems)
-        fields = {key: [sample[key] for sample in samples] for key in samples[0]}
-        for name in targets:
-            fields[name] = predictions[name]
-        labelled.append(Dataset.from_dict(fields))
-    return labelled
+        result.append(predictions)
+    return result
+
+
+def with_labels(
+    datasets: List[DatasetLike], predictions: List[Dict[str, List[mts.TensorMap]]]
+) -> List[DatasetLike]:
+    """Views of ``datasets`` whose samples also hold ``predictions`` as labels
+    (datasets without structures are returned as they are)."""
+    return [
+        _WithLabels(dataset, labels) if len(dataset) > 0 else dataset
+        for dataset, labels in zip(datasets, predictions, strict=True)
+    ]
+
+
+class _Fields(torch.utils.data.Dataset):
+    """Some fields of ``dataset``'s samples, read from it on demand."""
+
+    def __init__(self, dataset: DatasetLike, fields: List[str]):
+        self.dataset = dataset
+        self.fields = fields
+        self._sample = namedtuple("Sample", fields)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        sample = self.dataset[index]._asdict()
+        return self._sample(*(sample[field] for field in self.fields))
+
+
+class _WithLabels(torch.utils.data.Dataset):
+    """``dataset`` with per-structure labels added to its samples.
+
+    The structures are read from ``dataset`` on demand, as metatrain reads them:
+    a disk-backed dataset (``DiskDataset``) stays on disk; only the labels (one
+    small TensorMap per structure) are held in memory.
+    """
+
+    def __init__(self, dataset: DatasetLike, labels: Dict[str, List[mts.TensorMap]]):
+        self.dataset = dataset
+        self.labels = labels
+        fields = list(dataset[0]._asdict()) if len(dataset) > 0 else []
+        self._sample = namedtuple("Sample", fields + list(labels))
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        sample = self.dataset[index]._asdict()
+        extra = [self.labels[name][index] for name in self.labels]
+        return self._sample(*sample.values(), *extra)
+
+    def get_num_atoms(self, index: int) -> int:
+        """Atom count of a structure (for ``max_atoms_per_batch``)."""
+        return len(self.dataset[index]._asdict()["system"])
+
+
+def _teacher_labels(
+    read_from: str,
+    kept: List[str],
+    splits: List[List[DatasetLike]],
+    batch_size: int,
+    dtype: torch.dtype,
+    device: torch.device,
+) -> List[List[Dict[str, List[mts.TensorMap]]]]:
+    pretrained = load_pretrained(read_from, dtype, device)
+    targets = {name: pretrained.dataset_info.targets[name] for name in kept}
+    return [
+        pretrained_predictions(pretrained, targets, datasets, batch_size, dtype)
+        for datasets in splits
+    ]
 
 
 def _per_structure(
@@ -163,13 +232,18 @@ def keep_pretrained_heads(
     if not kept:
         return train_datasets, val_datasets, []
     device = next(model.parameters()).device
-    pretrained = load_pretrained(hypers["finetune"]["read_from"], dtype, device)
-    targets = {name: pretrained.dataset_info.targets[name] for name in kept}
-    batch_size = hypers["batch_size"]
-    train = with_pretrained_labels(
-        pretrained, targets, train_datasets, batch_size, dtype
+    # computed once (on rank 0 of a multi-process run), the same labels everywhere
+    train_labels, val_labels = on_rank_zero(
+        _teacher_labels,
+        hypers["finetune"]["read_from"],
+        kept,
+        [train_datasets, val_datasets],
+        hypers["batch_size"],
+        dtype,
+        device,
     )
-    val = with_pretrained_labels(pretrained, targets, val_datasets, batch_size, dtype)
+    train = with_labels(train_datasets, train_labels)
+    val = with_labels(val_datasets, val_labels)
     # metatrain drops the heads listed here when the training starts
     model._stale_finetune_targets = [
         name for name in model._stale_finetune_targets if name not in kept
