@@ -60,6 +60,13 @@ def test_demo_runs_end_to_end(tmp_path):
     assert "| mtt::energy_pbe0 | zero-shot |" in summary
     assert "| mtt::energy_pbe0 | transferred |" in summary
     assert "## Molecular dynamics" in summary
+    # the MD's start is explained: relaxed geometry, velocities at twice 300 K
+    assert "relaxed with the model" in summary
+    assert "velocities drawn at 600 K" in summary
+    assert "averages about 300 K" in summary
+    assert "it does not close it" in summary
+    # the energy baseline of the parity plot is fitted on the training frames
+    assert "training frames (`pbe0_train.xyz`), not on the plotted" in summary
 
 
 def test_demo_never_writes_into_a_non_empty_folder(capsys, tmp_path):

@@ -174,8 +174,5 @@ def run(args: argparse.Namespace) -> int:
     except ExportError as error:
         print(f"mtt-transfer export: {error}", file=sys.stderr)
         return 1
-    print(
-        f"wrote {args.output}: its default `energy` is '{source}' of {args.model} "
-        "(select nothing: MetatomicCalculator(path), pair_style metatomic path)"
-    )
+    print(f"wrote {args.output}: its default `energy` is '{source}' of {args.model}")
     return 0
