@@ -7,10 +7,11 @@ and what to do). docs/reliability.md shows the same table.
 """
 
 import hashlib
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Tuple
 
 import ase.io
 import numpy as np
@@ -32,6 +33,10 @@ class Case:
     """fragments of the error message"""
     edit_yaml: Optional[Callable[[str], str]] = None
     """changes the text of options.yaml, for what a dict cannot hold"""
+    args: Tuple[str, ...] = ()
+    """more arguments of `mtt train options.yaml`"""
+    absent_after: Tuple[str, ...] = ()
+    """files the failing run must not have created"""
 
 
 def target(options, name=T):
@@ -187,6 +192,69 @@ def isolated_atom(options, folder):
     edit_frames(folder, edit)
 
 
+def finished_run_test_indices(folder) -> List[int]:
+    """The test structures of the run that wrote ``model.ckpt`` (seed 0, the same
+    fractions as every case's options)."""
+    found = folder.glob("outputs/*/*/indices/test.txt")
+    (path,) = [p for p in found if "2026-01-01" not in str(p)]
+    return [int(i) for i in np.atleast_1d(np.loadtxt(path, dtype=int))]
+
+
+def broken_labels_in_test_fraction(options, folder):
+    test = finished_run_test_indices(folder)
+
+    def edit(frames):
+        for i in test:
+            frames[i].arrays["forces_pbe0"][0, 1] = float("inf")
+
+    edit_frames(folder, edit)
+    return test
+
+
+def broken_labels_in_test_file(options, folder):
+    frames = ase.io.read(folder / "pbe0_small.xyz", ":10")
+    frames[2].info["energy_pbe0"] = float("nan")
+    frames[4].arrays["forces_pbe0"][1, 0] = float("-inf")
+    ase.io.write(folder / "pbe0_test.xyz", frames)
+    options["test_set"] = {
+        "systems": {"read_from": "pbe0_test.xyz", "length_unit": "angstrom"},
+        "targets": {T: dict(target(options))},
+    }
+
+
+def output_over_pretrained(options, folder):
+    pass  # `-o pretrained.pt`: its checkpoint would be pretrained.ckpt
+
+
+def more_epochs(options, folder):
+    training(options)["num_epochs"] = 2
+
+
+def restart_with_other_seed(options, folder):
+    more_epochs(options, folder)
+    options["seed"] = 1
+
+
+def truncated_restart_file(options, folder):
+    data = (folder / "model.ckpt").read_bytes()
+    (folder / "truncated.ckpt").write_bytes(data[: len(data) // 2])
+
+
+class RunsCode:
+    """Unpickling this object creates the file ``pwned``."""
+
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))
+
+
+def code_running_restart_file(options, folder):
+    import metatomic.torch  # noqa: F401
+
+    checkpoint = torch.load(folder / "model.ckpt", weights_only=False)
+    checkpoint["payload"] = RunsCode()
+    torch.save(checkpoint, folder / "payload.ckpt")
+
+
 CASES = [
     # the pretrained checkpoint (training.finetune.read_from)
     Case(
@@ -310,6 +378,24 @@ CASES = [
         ],
     ),
     Case(
+        "test-fraction-labels",
+        broken_labels_in_test_fraction,
+        [
+            f"training_set.targets['{T}'].forces: infinite label in structures "
+            "13, 14, 22, 27 of 'pbe0_small.xyz'",
+        ],
+    ),
+    Case(
+        "test-file-labels",
+        broken_labels_in_test_file,
+        [
+            f"test_set.targets['{T}']: the energy is NaN in structure 2 of "
+            "'pbe0_test.xyz'",
+            f"test_set.targets['{T}'].forces: infinite label in structure 4 of "
+            "'pbe0_test.xyz'",
+        ],
+    ),
+    Case(
         "isolated-atom-with-force",
         isolated_atom,
         [
@@ -318,20 +404,100 @@ CASES = [
             "structure 0, atom 2 (Z=1)",
         ],
     ),
+    # the command line: outputs, restarts
+    Case(
+        "output-over-pretrained",
+        output_over_pretrained,
+        [
+            "-o/--output: this run would write its final checkpoint to "
+            "'pretrained.ckpt', which is training.finetune.read_from "
+            "('pretrained.ckpt'): it would overwrite its own input",
+            "e.g. -o pretrained-1.pt",
+        ],
+        args=("-o", "pretrained.pt"),
+    ),
+    Case(
+        "output-over-restart-file",
+        more_epochs,
+        [
+            "-o/--output: this run would write its final checkpoint to "
+            "'model.ckpt', which is the --restart checkpoint ('model.ckpt')",
+            "e.g. -o model-1.pt",
+        ],
+        args=("--restart", "model.ckpt"),
+    ),
+    Case(
+        "restart-nothing-left",
+        lambda options, folder: None,
+        [
+            "training.num_epochs",
+            "mtt train --restart: nothing left to train: 'model.ckpt' was written "
+            "after epoch 0 (epochs count from 0) and training.num_epochs is 1",
+            "then write over 'model.ckpt' and 'model.pt'",
+            "raise training.num_epochs above 1",
+        ],
+        args=("--restart", "model.ckpt"),
+    ),
+    Case(
+        "restart-other-split",
+        restart_with_other_seed,
+        [
+            "--restart: this run does not split the data as the run it continues "
+            "('model.ckpt')",
+            "that run was split with `seed: 0`, this one with `seed: 1`",
+            "Set `seed: 0` in the options, or restart with that run's expanded "
+            "options, `mtt train ",
+            "options_restart.yaml --restart model.ckpt`",
+        ],
+        args=("--restart", "model.ckpt", "-o", "continued.pt"),
+    ),
+    Case(
+        "restart-not-pet-transfer",
+        lambda options, folder: None,
+        [
+            "mtt train --restart: 'pretrained.ckpt' was written by the 'pet' "
+            "architecture",
+            "give it as training.finetune.read_from and drop --restart",
+        ],
+        args=("--restart", "pretrained.ckpt"),
+    ),
+    Case(
+        "restart-truncated",
+        truncated_restart_file,
+        [
+            "mtt train --restart: checkpoint file 'truncated.ckpt' is damaged or "
+            "truncated",
+        ],
+        args=("--restart", "truncated.ckpt"),
+    ),
+    Case(
+        "restart-runs-code",
+        code_running_restart_file,
+        [
+            "mtt train --restart: checkpoint file 'payload.ckpt' refers to Python "
+            "objects a PET checkpoint never contains",
+            "refusing to load it",
+        ],
+        args=("--restart", "payload.ckpt", "-o", "continued.pt"),
+        absent_after=("pwned",),
+    ),
 ]
 
 
 @pytest.fixture(scope="module")
 def user_folder(tmp_path_factory, pretrained_checkpoint):
     """What a user has before running: data, the pretrained checkpoint, and the
-    results of an earlier run (in the folder and under outputs/)."""
+    results of earlier runs: a finished 1-epoch transfer (``model.ckpt``,
+    ``model.pt``, its folder under outputs/) and an older folder under outputs/."""
     from conftest import DATA
 
     folder = tmp_path_factory.mktemp("user")
     shutil.copy(DATA / "pbe0_small.xyz", folder)
     shutil.copy(pretrained_checkpoint, folder / "pretrained.ckpt")
-    shutil.copy(pretrained_checkpoint, folder / "model.ckpt")
-    (folder / "model.pt").write_bytes(b"an earlier exported model")
+    options = transfer_options(epochs=1)
+    options["final_eval"] = False
+    write_yaml(folder / "options.yaml", options)
+    run_mtt(["train", "options.yaml"], cwd=folder)
     earlier = folder / "outputs" / "2026-01-01" / "00-00-00"
     earlier.mkdir(parents=True)
     shutil.copy(pretrained_checkpoint, earlier / "model_0.ckpt")
@@ -359,7 +525,7 @@ def test_bad_input_stops_before_training(case, user_folder, tmp_path):
         path.write_text(case.edit_yaml(path.read_text()))
     before = snapshot(folder)
 
-    result = run_mtt(["train", "options.yaml"], cwd=folder, check=False)
+    result = run_mtt(["train", "options.yaml", *case.args], cwd=folder, check=False)
     log = result.stdout + result.stderr
 
     assert result.returncode != 0, log[-3000:]
@@ -369,6 +535,8 @@ def test_bad_input_stops_before_training(case, user_folder, tmp_path):
     after = snapshot(folder)
     changed = [name for name, digest in before.items() if after.get(name) != digest]
     assert not changed, changed
+    for name in case.absent_after:
+        assert not (folder / name).exists(), name
 
 
 def test_default_stress_without_key_is_no_error(workdir):

@@ -107,6 +107,20 @@ def test_missing_checkpoint_stops_before_training(workdir):
 
 
 def test_model_hypers_come_from_the_checkpoint(workdir):
+    # the options give no model hypers: the trained model has the checkpoint's (a
+    # tiny PET, far from PET's defaults), including those that shape no weight
+    options = transfer_options(epochs=0)
+    write_yaml(workdir / "options.yaml", options)
+    run_mtt(["train", "options.yaml", "-o", "model.pt"], cwd=workdir)
+    pretrained, trained = (
+        load(workdir / "pretrained.ckpt"),
+        load(workdir / "model.ckpt"),
+    )
+    hypers = trained["model_data"]["model_hypers"]
+    assert hypers == pretrained["model_data"]["model_hypers"]
+    assert (hypers["d_pet"], hypers["cutoff"]) == (8, 4.0)
+
+    # hypers that differ from the checkpoint's are refused, not silently replaced
     options = transfer_options()
     options["architecture"]["model"] = {"d_pet": 16, "cutoff": 5.0, "d_head": 8}
     write_yaml(workdir / "options.yaml", options)

@@ -1,5 +1,7 @@
-"""A fine-tuning killed with SIGKILL resumes with ``--restart auto`` and reaches the
-quality of an uninterrupted run; checkpoints are never left truncated."""
+"""A fine-tuning killed with SIGKILL resumes with ``--restart auto`` and ends with the
+weights of the uninterrupted run, bit for bit; a checkpoint without the plugin's
+record (older plugin versions) still restarts; checkpoints are never left
+truncated."""
 
 import os
 import re
@@ -75,17 +77,42 @@ def check_checkpoints_load(folder: Path):
     return found
 
 
-def test_sigkill_then_restart_auto(workdir, tmp_path):
-    options = transfer_options(epochs=EPOCHS)
-    write_yaml(workdir / "options.yaml", options)
+def assert_same_weights(first: dict, other: dict) -> None:
+    """Every tensor of the weights and best weights of two checkpoints is equal."""
+    for state in ["model_state_dict", "best_model_state_dict"]:
+        a, b = first[state], other[state]
+        assert a.keys() == b.keys()
+        tensors = [key for key, value in a.items() if isinstance(value, torch.Tensor)]
+        assert tensors
+        for key in tensors:
+            assert torch.equal(a[key], b[key]), (state, key)
 
-    # the reference: the same run, uninterrupted, in its own folder
-    reference = tmp_path / "reference"
-    reference.mkdir()
-    for name in ["pbe0_small.xyz", "pretrained.ckpt", "options.yaml"]:
-        (reference / name).write_bytes((workdir / name).read_bytes())
-    uninterrupted = run_mtt(["train", "options.yaml"], cwd=reference)
-    reference_mae = final_validation_mae(uninterrupted.stdout + uninterrupted.stderr)
+
+def differing_weights(first: dict, other: dict) -> list:
+    a, b = first["model_state_dict"], other["model_state_dict"]
+    return [
+        key
+        for key, value in a.items()
+        if isinstance(value, torch.Tensor) and not torch.equal(value, b[key])
+    ]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, pretrained_checkpoint):
+    """The reference: the run of every test here, never interrupted."""
+    from conftest import DATA
+
+    folder = tmp_path_factory.mktemp("uninterrupted")
+    (folder / "pbe0_small.xyz").write_bytes((DATA / "pbe0_small.xyz").read_bytes())
+    (folder / "pretrained.ckpt").write_bytes(pretrained_checkpoint.read_bytes())
+    write_yaml(folder / "options.yaml", transfer_options(epochs=EPOCHS))
+    result = run_mtt(["train", "options.yaml"], cwd=folder)
+    return folder, result.stdout + result.stderr
+
+
+def test_sigkill_then_restart_auto_is_exact(workdir, uninterrupted):
+    reference, reference_log = uninterrupted
+    write_yaml(workdir / "options.yaml", transfer_options(epochs=EPOCHS))
 
     # killed in its first epoch: the composition and scaler fits are saved, no epoch
     # checkpoint yet; `--restart auto` must not take the fits for a checkpoint
@@ -105,13 +132,41 @@ def test_sigkill_then_restart_auto(workdir, tmp_path):
     assert first_epoch == load(newest)["epoch"] + 1 > 0, epochs_run(resumed_log)
     assert load(workdir / "model.ckpt")["epoch"] == EPOCHS - 1
 
+    # the checkpoint's random state and the first step's learning rate put back:
+    # the resumed run ends where the uninterrupted one did, bit for bit
+    assert_same_weights(load(workdir / "model.ckpt"), load(reference / "model.ckpt"))
+    reference_mae = final_validation_mae(reference_log)
     resumed_mae = final_validation_mae(resumed_log)
     print(
         f"validation energy MAE: uninterrupted {reference_mae} meV/atom, killed "
         f"after epoch {first_epoch - 1} and resumed {resumed_mae} meV/atom"
     )
-    # the restart does not restore the random state, so the runs differ a little
-    assert resumed_mae == pytest.approx(reference_mae, rel=0.25, abs=2.0)
+    assert resumed_mae == reference_mae
+
+
+def test_checkpoint_without_record_still_restarts(uninterrupted, tmp_path):
+    """A checkpoint of an older plugin version (no ``pet_transfer`` record) restarts,
+    with a warning; without the random state the resumed epochs draw other numbers,
+    so it does not end bit-identical, which shows what the record is for."""
+    from metatrain_pet_transfer.resume import RECORD_KEY
+
+    reference, _ = uninterrupted
+    for name in ["pbe0_small.xyz", "pretrained.ckpt", "options.yaml"]:
+        (tmp_path / name).write_bytes((reference / name).read_bytes())
+    (epoch_2,) = reference.glob("outputs/*/*/model_2.ckpt")
+    checkpoint = load(epoch_2)
+    assert RECORD_KEY in checkpoint
+    del checkpoint[RECORD_KEY]
+    torch.save(checkpoint, tmp_path / "older.ckpt")
+
+    result = run_mtt(["train", "options.yaml", "--restart", "older.ckpt"], cwd=tmp_path)
+    log = result.stdout + result.stderr
+    assert "was written before pet_transfer recorded splits and random states" in log
+    assert epochs_run(log)[0] == 3
+    resumed = load(tmp_path / "model.ckpt")
+    assert resumed["epoch"] == EPOCHS - 1
+    assert RECORD_KEY in resumed  # its own checkpoints have the record again
+    assert differing_weights(resumed, load(reference / "model.ckpt"))
 
 
 def test_kill_while_saving_keeps_the_previous_checkpoint(workdir):

@@ -17,7 +17,8 @@ def options(epochs=4, keep=True, method="full"):
     training["keep_pretrained_heads"] = keep
     training["learning_rate"] = 1e-2  # moves the tiny backbone within a few epochs
     if method == "lora":
-        training["finetune"]["config"] = {"rank": 2, "alpha": 1.0}
+        # a large alpha / rank: the adapters move the tiny backbone within 4 epochs
+        training["finetune"]["config"] = {"rank": 2, "alpha": 16.0}
     config["validation_set"] = 0.2
     config["test_set"] = 0.0
     return config
@@ -60,22 +61,16 @@ def last_epoch(trained, output, pretrained=None):
     torch.save(checkpoint, output)
 
 
-@pytest.mark.parametrize("method", ["full", "lora"])
-def test_kept_head_stays_close_to_the_pretrained_model(workdir, method):
+def test_kept_head_stays_close_to_the_pretrained_model(workdir):
     frames = ase.io.read(workdir / "pbe0_small.xyz", ":")
     run_mtt(["export", "pretrained.ckpt", "-o", "pretrained.pt"], cwd=workdir)
     reference = forces(workdir / "pretrained.pt", frames)
 
-    log = train(workdir, options(method=method), "model.pt")
+    log = train(workdir, options(method="full"), "model.pt")
     assert "Keeping the pretrained head 'energy' valid" in log
     # the kept head is a target like the others: its errors are logged every epoch
     assert "validation energy MAE (per atom)" in log
 
-    if method == "lora":
-        # LoRA freezes every head, the kept one too: the pretrained predictions
-        # only train the adapters. Kept and served is what can be checked here.
-        assert np.all(np.isfinite(forces(workdir / "model.pt", frames[:1])))
-        return
     # control: the same backbone under the untouched pretrained head drifts away
     # from the pretrained forces; the trained kept head stays closer
     last_epoch(workdir / "model.ckpt", workdir / "kept.ckpt")
@@ -86,7 +81,7 @@ def test_kept_head_stays_close_to_the_pretrained_model(workdir, method):
         run_mtt(["export", f"{name}.ckpt", "-o", f"{name}.pt"], cwd=workdir)
     kept = np.abs(forces(workdir / "kept.pt", frames) - reference).mean()
     drift = np.abs(forces(workdir / "drift.pt", frames) - reference).mean()
-    # measured on this tiny PET (full): 28.5 vs 40.7 meV/A
+    # measured on this tiny PET: 28.5 vs 40.7 meV/A
     assert kept < 0.8 * drift, (kept, drift)
 
     # the new level is served next to the old one
@@ -94,8 +89,48 @@ def test_kept_head_stays_close_to_the_pretrained_model(workdir, method):
     assert np.all(np.isfinite(new))
 
 
+def test_with_lora_the_kept_head_is_served_frozen(workdir):
+    """LoRA freezes every head, the kept one too: it is served next to the new
+    level with the pretrained head's weights, on the adapted backbone.
+
+    How close it stays is not tested: on this tiny PET the adapters hold the old
+    level no better than without the option (old-level force deviation from the
+    pretrained model 14.58 vs 14.80 meV/A after 4 epochs, rank 2, alpha 16), and
+    no worse when the kept head's labels come from another model (docs/transfer.md).
+    """
+    from metatomic.torch import load_atomistic_model
+
+    log = train(workdir, options(method="lora"), "model.pt")
+    assert "Keeping the pretrained head 'energy' valid" in log
+    assert "validation energy MAE (per atom)" in log
+
+    outputs = load_atomistic_model(str(workdir / "model.pt")).capabilities().outputs
+    assert {"energy", "energy/pbe0"} <= set(outputs), list(outputs)
+    trained = torch.load(workdir / "model.ckpt", weights_only=False)
+    trained = trained["model_state_dict"]  # the last epoch
+    source = torch.load(workdir / "pretrained.ckpt", weights_only=False)
+    source = source["best_model_state_dict"] or source["model_state_dict"]
+    kept = [
+        key
+        for key in trained
+        if any(key.startswith(f"backend.{m}.energy.") for m in HEAD_MODULES)
+    ]
+    assert kept
+    for key in kept:
+        assert torch.equal(trained[key], source[key]), key
+    # while the adapters moved: the old level is computed on another backbone
+    adapters = [key for key in trained if key.endswith("lora_B.weight")]
+    assert adapters and any(trained[key].any() for key in adapters)
+
+
 @pytest.mark.parametrize("method", ["full", "lora"])
 def test_without_the_option_the_old_head_is_dropped(workdir, method):
+    from metatomic.torch import load_atomistic_model
+
     train(workdir, options(epochs=1, keep=False, method=method), "model.pt")
-    with pytest.raises(Exception, match="energy"):
+    outputs = load_atomistic_model(str(workdir / "model.pt")).capabilities().outputs
+    assert "energy/pbe0" in outputs and "energy" not in outputs, list(outputs)
+    # ASE, asked for the old level, refuses: only the new level is left
+    with pytest.raises(ValueError, match="'energy' has no default variant") as refused:
         forces(workdir / "model.pt", ase.io.read(workdir / "pbe0_small.xyz", "0:1"))
+    assert "energy/pbe0" in str(refused.value)

@@ -121,3 +121,102 @@ def test_stress_parity_of_a_periodic_run(
     assert "stress MAE" in header
     assert row.startswith("| energy/gfn2 | model |") and "meV/Å³" in row
     assert is_png(tmp_path / "report" / "parity.png")
+
+
+def test_a_newer_run_that_logged_no_epoch_is_passed_over(
+    capsys, finished_run, tmp_path
+):
+    """`mtt train --restart` after the last epoch writes a newer outputs folder whose
+    train.csv is empty (0 bytes, as metatrain 2026.4.1 leaves it): the report uses
+    the run that trained, and says so."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished_run, run_dir)
+    (trained,) = [p for p in run_dir.glob("outputs/*/*") if p.name != "report"]
+    empty = trained.parent / "99-99-99"
+    empty.mkdir()
+    for name in ("options_restart.yaml", "model.pt", "model.ckpt"):
+        shutil.copy(trained / name, empty)
+    shutil.copytree(trained / "indices", empty / "indices")
+    (empty / "train.csv").write_text("")
+
+    assert main(["report", str(run_dir)]) == 0
+    printed = capsys.readouterr().out
+    assert f"run: {trained}" in printed
+    assert "99-99-99' logged none" in printed
+    summary = (run_dir / "report" / "summary.md").read_text()
+    assert (
+        f"- run: `{trained}` (the newest outputs folder with logged epochs" in summary
+    )
+    assert is_png(run_dir / "report" / "learning_curve.png")
+
+    # asked for the empty folder itself, the report says what it is
+    assert main(["report", str(empty), "--out", str(tmp_path / "r")]) == 0
+    assert "is empty: that run logged no epoch" in capsys.readouterr().err
+
+
+def test_parity_energy_baseline_comes_from_the_training_labels(finished_run):
+    """With 4 test structures and 4 elements a baseline fitted on the plotted labels
+    reproduces them (every reference point at 0); fitted on the training split it
+    does not."""
+    import numpy as np
+
+    from metatrain_pet_transfer.cli.report import (
+        energy_targets,
+        evaluate,
+        find_run,
+        report_structures,
+    )
+    from metatrain_pet_transfer.cli.report.baseline import energy_baseline
+    from metatrain_pet_transfer.cli.report.labels import training_structures
+
+    run = find_run(finished_run)
+    targets, _ = energy_targets(run.options)
+    structures = report_structures(run)
+    (comparison,) = evaluate(run.model, structures, targets, "model")
+    assert len(comparison.energy_ref) <= len(comparison.elements) + 1
+
+    training = training_structures(run)
+    assert len(training.frames) > 3 * len(comparison.elements)
+    baseline = energy_baseline(comparison.target, [comparison], training)
+    assert "training structures of `pbe0_small.xyz`" in baseline.description
+    reference = (comparison.energy_ref - baseline.offsets(comparison)) / (
+        comparison.n_atoms
+    )
+    assert np.ptp(reference) > 1e-3  # eV/atom: the points are spread
+
+    # the same labels as the fit: the collapse the training fit avoids
+    weights, *_ = np.linalg.lstsq(comparison.counts, comparison.energy_ref, rcond=None)
+    collapsed = (comparison.energy_ref - comparison.counts @ weights) / (
+        comparison.n_atoms
+    )
+    assert np.ptp(collapsed) < 1e-6
+
+    # without training labels, too few structures: the mean per atom, said so
+    fallback = energy_baseline(comparison.target, [comparison], None)
+    assert fallback.weights is None and "mean reference energy" in fallback.description
+
+
+def test_overfitting_is_flagged_with_its_epochs():
+    import numpy as np
+
+    from metatrain_pet_transfer.cli.report import overfitting
+
+    columns = [
+        "Epoch",
+        "training forces MAE",
+        "validation loss",
+        "validation forces MAE",
+    ]
+    units = ["", "meV/A", "", "meV/A"]
+    rows = np.array(
+        [[0, 300, 9.0, 300], [1, 250, 8.0, 242], [2, 200, 8.5, 260], [3, 147, 9.0, 286]]
+    )
+    text = " ".join(overfitting(columns, units, rows))
+    assert "**Overfitting**: validation forces MAE was lowest at epoch 1" in text
+    assert "ends at 286 meV/A (+18%)" in text
+    assert "training error kept falling (250 → 147 meV/A)" in text
+    assert "holds the weights of epoch 1" in text
+
+    improving = rows.copy()
+    improving[:, 3] = [300, 280, 260, 250]
+    assert overfitting(columns, units, improving) == []

@@ -57,6 +57,26 @@ def is_backbone(key):
     )
 
 
+def numerical_stress(atoms, step):
+    """Stress (Voigt, ASE's sign) from central differences of the energy under
+    symmetric strains of ``step`` (ASE's own helper asks for a free energy)."""
+    calculator, atoms = atoms.calc, atoms.copy()
+    atoms.calc = calculator
+    cell, volume = atoms.cell.copy(), atoms.get_volume()
+    stress = np.zeros((3, 3))
+    for i in range(3):
+        for j in range(3):
+            energies = []
+            for sign in (+1, -1):
+                strain = np.eye(3)
+                strain[i, j] += sign * step / 2
+                strain[j, i] += sign * step / 2
+                atoms.set_cell(cell @ strain, scale_atoms=True)
+                energies.append(atoms.get_potential_energy())
+            stress[i, j] = (energies[0] - energies[1]) / (2 * step * volume)
+    return stress.flat[[0, 4, 8, 5, 2, 1]]
+
+
 def test_native_start_new_heads_and_composition_rest_from_checkpoint(workdir):
     """alignment: false is metatrain's start: random heads for the new target, a
     composition fitted on the raw labels, every other weight from the checkpoint."""
@@ -139,15 +159,14 @@ def test_alignment_starts_from_pretrained_plus_shift(workdir):
 def test_methods(workdir, method):
     options = transfer_options(method=method, epochs=1)
     finetune = options["architecture"]["training"]["finetune"]
-    if method == "heads":
-        finetune["config"] = {
-            "head_modules": ["node_heads", "edge_heads"],
-            "last_layer_modules": ["node_last_layers", "edge_last_layers"],
-        }
+    # heads: no `config`, the plugin fills in PET's heads and last layers
     if method == "lora":
         finetune["config"] = {"rank": 2, "alpha": 1.0}
     log = train(workdir, options)
     assert f"Applied finetuning strategy: {method}" in log
+    # metatrain's "[100.00% %]" is mended while the plugin runs PET's trainer
+    assert "Number of trainable parameters" in log
+    assert "% %]" not in log
 
     before = load(workdir / "pretrained.ckpt")["best_model_state_dict"]
     after = load(workdir / "model.ckpt")["model_state_dict"]
@@ -170,6 +189,45 @@ def test_methods(workdir, method):
     else:
         assert any("lora" in k for k in after)
         assert unchanged == backbone
+
+
+@pytest.mark.parametrize(
+    "config, expected",
+    [
+        (None, ["node_heads", "edge_heads"]),
+        ({}, ["node_heads", "edge_heads"]),
+        ({"head_modules": ["node_heads"]}, ["node_heads"]),
+    ],
+)
+def test_heads_config_defaults_to_pet_heads(pretrained_checkpoint, config, expected):
+    """What the options validator accepts and the trainer receives: a list the user
+    wrote is kept, a missing one is PET's."""
+    from metatrain.utils.architectures import (
+        check_architecture_options,
+        get_default_hypers,
+    )
+    from omegaconf import OmegaConf
+
+    from metatrain_pet_transfer import Trainer
+
+    finetune = {"method": "heads", "read_from": str(pretrained_checkpoint)}
+    if config is not None:
+        finetune["config"] = config
+    architecture = {"name": "pet_transfer", "training": {"finetune": finetune}}
+    merged = OmegaConf.merge(
+        {"architecture": get_default_hypers("pet_transfer")},
+        {"architecture": architecture},
+    )
+    options = OmegaConf.to_container(merged["architecture"])
+    check_architecture_options(name="pet_transfer", options=options)  # no error
+
+    trainer = Trainer(options["training"])
+    assert trainer.hypers["finetune"]["config"] == {
+        "head_modules": expected,
+        "last_layer_modules": ["node_last_layers", "edge_last_layers"],
+    }
+    # the options themselves are not changed
+    assert options["training"]["finetune"].get("config", {}) == (config or {})
 
 
 @pytest.mark.parametrize("target", ["energy/pbe0", "mtt::energy_pbe0"])
@@ -223,6 +281,34 @@ def test_periodic_transfer_with_stress(tmp_path, pretrained_bulk_checkpoint, gra
     )
     stress = atoms.get_stress()
     assert stress.shape == (6,) and np.all(np.isfinite(stress))
+    # the served stress is the strain derivative of the served energy: float32
+    # energies of ~760 eV leave ~3e-5 eV/A^3 of noise on stresses of ~1e-3, so
+    # this catches a wrong sign, unit or volume, not a few percent
+    numerical = numerical_stress(atoms, step=1e-2)
+    np.testing.assert_allclose(stress, numerical, rtol=0.05, atol=6e-5)
+
+
+def test_periodic_aligned_start_serves_the_pretrained_stress(
+    tmp_path, pretrained_bulk_checkpoint
+):
+    """0 epochs export the aligned start: the pretrained head plus per-element
+    shifts, which do not depend on strain, so the new level's stress is the
+    pretrained model's, to float32 precision."""
+    from metatomic_ase import MetatomicCalculator
+
+    options = periodic_transfer(tmp_path, pretrained_bulk_checkpoint, "stress")
+    options["architecture"]["training"]["num_epochs"] = 0
+    train(tmp_path, options)
+    run_mtt(["export", "pretrained.ckpt", "-o", "pretrained.pt"], cwd=tmp_path)
+    new = MetatomicCalculator(str(tmp_path / "model.pt"), variants={"energy": "gfn2"})
+    old = MetatomicCalculator(str(tmp_path / "pretrained.pt"))
+    for atoms in ase.io.read(tmp_path / "bulk_small.xyz", ":3"):
+        stresses = []
+        for calculator in (new, old):
+            atoms.calc = calculator
+            stresses.append(atoms.get_stress())
+        # stresses of ~1e-3 eV/A^3 (float32 models)
+        np.testing.assert_allclose(stresses[0], stresses[1], rtol=1e-4, atol=1e-7)
 
 
 def test_generic_targets_get_new_heads(workdir):
@@ -275,6 +361,25 @@ def test_new_level_under_existing_name_refits_composition(workdir):
     after = load_model(workdir / "model.ckpt")
     old, new = composition(before, "energy"), composition(after, "energy")
     assert all(abs(new[t] - old[t]) > 1.0 for t in [1, 6, 8])
+
+    # the refit is the least-squares fit of the residual on the training frames:
+    # PBE0 labels minus the pretrained model's energies (through ASE here), per
+    # element (minimum norm: an element absent from them keeps its weight)
+    from metatomic_ase import MetatomicCalculator
+
+    run_mtt(["export", "pretrained.ckpt", "-o", "pretrained.pt"], cwd=workdir)
+    calculator = MetatomicCalculator(str(workdir / "pretrained.pt"))
+    frames = training_frames(workdir)
+    predicted = np.array([calculator.get_potential_energy(f) for f in frames])
+    labels = np.array([f.info["energy_pbe0"] for f in frames])
+    types = sorted(old)
+    shift, *_ = np.linalg.lstsq(
+        type_counts(frames, types), labels - predicted, rcond=None
+    )
+    expected = {t: old[t] + s for t, s in zip(types, shift, strict=True)}
+    for t in types:
+        # float32 energies of ~10^3 eV: agreement to a few meV per atom type
+        assert new[t] == pytest.approx(expected[t], abs=5e-3), (t, new, expected)
 
 
 def test_bad_checkpoints_stop_before_training(workdir):

@@ -12,11 +12,16 @@ two plain data classes ``DatasetInfo`` and ``TargetInfo``.
 ``weights_only=False``: a file that is missing, truncated, not a PET checkpoint, too new
 for the installed metatrain, or that would need arbitrary code to load, stops the run
 there, with its path in the message.
+
+:func:`check_restart_checkpoint` does the same for ``mtt train --restart FILE`` (the
+validator of ``training.num_epochs`` reads ``FILE`` from the command line, also before
+metatrain unpickles it), and stops a restart that would not continue a
+``pet_transfer`` run, or that has nothing left to train.
 """
 
 import zipfile
 from pathlib import Path
-from typing import Any, Dict, Union
+from typing import Any, Dict, Iterable, Union
 
 import torch
 
@@ -103,6 +108,11 @@ def check_pretrained_checkpoint(path: Union[str, Path]) -> Dict[str, Any]:
             "'pet_transfer')"
         )
 
+    _check_versions(checkpoint, path)
+    return checkpoint
+
+
+def _check_versions(checkpoint: Dict[str, Any], path: Union[str, Path]) -> None:
     from metatrain import __version__ as metatrain_version
     from metatrain.pet import PET, Trainer
 
@@ -117,4 +127,41 @@ def check_pretrained_checkpoint(path: Union[str, Path]) -> Dict[str, Any]:
                 f"but the installed metatrain {metatrain_version} reads at most "
                 f"version {supported}: upgrade metatrain"
             )
+
+
+def check_restart_checkpoint(
+    path: Union[str, Path], num_epochs: int, outputs: Iterable[Path] = ()
+) -> Dict[str, Any]:
+    """Check that ``mtt train --restart path`` continues a ``pet_transfer`` run
+    that has epochs left to train.
+
+    :param path: the ``--restart`` file (``auto`` already resolved)
+    :param num_epochs: ``training.num_epochs`` of the continued run
+    :param outputs: the files the run would write at the end (for the message)
+    :return: the checkpoint dictionary (loaded with ``weights_only=True``)
+    :raises CheckpointError: naming the path and what is wrong with it
+    """
+    checkpoint = load_checkpoint_safely(path)
+    architecture = checkpoint["architecture_name"]
+    if architecture != "pet_transfer":
+        raise CheckpointError(
+            f"'{path}' was written by the '{architecture}' architecture. `mtt train "
+            "--restart` continues a run with the trainer of the checkpoint's own "
+            "architecture, so this run would not be a pet_transfer run (none of its "
+            "checks or steps). To transfer from this checkpoint, give it as "
+            "training.finetune.read_from and drop --restart"
+        )
+    _check_versions(checkpoint, path)
+    epoch = checkpoint.get("epoch")
+    if epoch is not None and epoch + 1 >= num_epochs:
+        written = " and ".join(f"'{output}'" for output in outputs)
+        overwrite = f", then write over {written}" if written else ""
+        raise CheckpointError(
+            f"nothing left to train: '{path}' was written after epoch {epoch} "
+            f"(epochs count from 0) and training.num_epochs is {num_epochs}, so this "
+            f"run would train no epoch{overwrite}. Nothing was trained and no file "
+            f"was changed. To train longer, raise training.num_epochs above "
+            f"{epoch + 1}; that run's model is the checkpoint itself (`mtt export "
+            f"{path}`)"
+        )
     return checkpoint

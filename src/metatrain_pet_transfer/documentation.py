@@ -14,7 +14,7 @@ or repeat the checkpoint's values (``mtt-transfer inspect CHECKPOINT`` prints th
 any differing value stops the run with the list of differing keys.
 """
 
-from typing import Annotated, Optional, get_args
+from typing import Annotated, Literal, Optional, get_args
 
 from metatrain.pet.documentation import ModelHypers as PETModelHypers
 from metatrain.pet.documentation import TrainerHypers as PETTrainerHypers
@@ -28,6 +28,14 @@ FINETUNE_METHODS = tuple(
 )
 
 
+#: what ``method: heads`` trains when ``config`` leaves it out: PET's heads and last
+#: layers (the module names metatrain's ``apply_finetuning_strategy`` falls back to)
+PET_HEADS_CONFIG = {
+    "head_modules": ["node_heads", "edge_heads"],
+    "last_layer_modules": ["node_last_layers", "edge_last_layers"],
+}
+
+
 def _check_method(finetune):
     # Runs before pydantic tries each method's schema, which would report one error
     # per schema ("Input should be 'full'", "Field required", ...) for a typo
@@ -38,6 +46,31 @@ def _check_method(finetune):
                 f"training.finetune.method: unknown method {method!r}; use one of "
                 + ", ".join(repr(m) for m in FINETUNE_METHODS)
             )
+        if method == "heads":
+            finetune = with_pet_heads(finetune)
+    return finetune
+
+
+def with_pet_heads(finetune: dict) -> dict:
+    """``training.finetune`` with PET's heads and last layers filled in where
+    ``method: heads`` leaves ``config`` (or one of its lists) out.
+
+    metatrain's schema requires both lists. The options validator fills them in
+    for the check; the trainer, which receives the options as written, calls this
+    again (:class:`~metatrain_pet_transfer.trainer.Trainer`).
+    """
+    if not isinstance(finetune, dict) or finetune.get("method") != "heads":
+        return finetune
+    config = finetune.get("config")
+    if config is None:
+        config = {}
+    if not isinstance(config, dict):
+        return finetune  # pydantic reports the wrong type
+    finetune = dict(finetune)
+    finetune["config"] = {
+        **{key: list(value) for key, value in PET_HEADS_CONFIG.items()},
+        **config,
+    }
     return finetune
 
 
@@ -55,6 +88,25 @@ def _check_read_from(finetune: dict) -> dict:
     return finetune
 
 
+def _check_restart(num_epochs: int) -> int:
+    # `mtt train --restart FILE`: like `read_from`, FILE is checked before `mtt train`
+    # unpickles it with weights_only=False; this field's validator runs because the
+    # check needs `num_epochs` (a restart with no epoch left stops here)
+    from .checks.command_line import mtt_train_call
+
+    call = mtt_train_call()
+    if call is not None and call.restart_from is not None:
+        from .checkpoints import check_restart_checkpoint
+
+        try:
+            check_restart_checkpoint(
+                call.restart_from, num_epochs, [call.checkpoint, call.output]
+            )
+        except ValueError as error:
+            raise ValueError(f"mtt train --restart: {error}") from None
+    return num_epochs
+
+
 class ModelHypers(PETModelHypers):
     """Hyperparameters of the model: PET's, taken from the checkpoint."""
 
@@ -68,8 +120,13 @@ class TrainerHypers(PETTrainerHypers):
     # epoch); defaults and meaning are PET's
     batch_size: Annotated[int, Field(ge=1)] = PETTrainerHypers.batch_size
     """The number of structures in each batch."""
-    num_epochs: Annotated[int, Field(ge=0)] = PETTrainerHypers.num_epochs
-    """Number of epochs. ``0`` trains nothing and exports the aligned start."""
+    num_epochs: Annotated[int, Field(ge=0), AfterValidator(_check_restart)] = (
+        PETTrainerHypers.num_epochs
+    )
+    """Number of epochs. ``0`` trains nothing and exports the aligned start. With
+    ``mtt train --restart FILE``, the total number of epochs of the continued run:
+    ``FILE`` is checked as ``finetune.read_from`` is, and the run stops if it has no
+    epoch left to train."""
     learning_rate: Annotated[float, Field(gt=0)] = PETTrainerHypers.learning_rate
     """Learning rate (PET's default, 1e-4). Transferring the xTB-pretrained PET to
     PBE0 with 100 frames (``bench/learning_curve.py``), ``full`` with the alignment
@@ -98,8 +155,11 @@ class TrainerHypers(PETTrainerHypers):
       training: it must exist, be a complete PET checkpoint that the installed
       metatrain can read, and load with ``torch.load(weights_only=True)``.
     - ``method``: ``full`` (train every weight), ``heads`` (train only the heads and
-      last layers; ``config: {head_modules, last_layer_modules}``) or ``lora``
-      (low-rank adapters; ``config: {rank, alpha}``).
+      last layers) or ``lora`` (low-rank adapters; ``config: {rank, alpha}``).
+    - ``config``: the method's settings. For ``heads`` it may be left out: it
+      defaults to PET's heads and last layers, ``{head_modules: [node_heads,
+      edge_heads], last_layer_modules: [node_last_layers, edge_last_layers]}``; a
+      list given in ``config`` replaces its default.
     - ``inherit_heads``: ``{new_target: pretrained_target}`` starts the new heads
       as copies of the pretrained ones instead of random weights.
     """
@@ -146,4 +206,21 @@ class TrainerHypers(PETTrainerHypers):
     the kept heads' validation errors, logged every epoch, measure what the
     transfer forgot. ``heads`` never changes the backbone: old heads stay valid
     without this option.
+    """
+
+    new_atomic_types_init: Literal["mean", "nearest", "random"] = "mean"
+    """How the model starts for elements the checkpoint has never seen.
+
+    When the training or validation data hold atomic types the checkpoint lacks
+    (e.g. N for a checkpoint trained on H, C, O), the model is extended to the union
+    of types, whatever ``finetune.method``: every per-type tensor (PET's node, edge
+    and neighbour embeddings, species index maps, composition weights, scaler) gets
+    entries for the new types, the old entries stay bit-identical, and the new types'
+    composition weights are fitted on the training data (on the residual of the
+    aligned start, as for the old types). This option sets the new embedding rows:
+    ``mean`` (the mean of the existing rows), ``nearest`` (the mean of the rows of
+    the chemically nearest existing elements, by period and group: N starts from C
+    and O) or ``random`` (PET's own initialisation of an untrained model). With
+    ``heads`` and ``lora`` the new rows train while the rest of the backbone stays
+    frozen. The training log names the new elements.
     """

@@ -10,10 +10,21 @@ from metatomic.torch import (
 )
 from metatrain.pet import PET
 
-from .recipe.energy_levels import EnergyVariants, energy_variant_aliases
+from .recipe import species
+from .recipe.energy_levels import (
+    EnergyVariants,
+    describe_energy_outputs,
+    energy_variant_aliases,
+    variant_output,
+)
+from .resume import restore_random_state
 
 
 ARCHITECTURE_NAME = "pet_transfer"
+
+# a fine-tuning dataset with elements the checkpoint lacks reaches
+# `PETTransfer.restart` instead of PET's error (recipe/species.py explains the seam)
+species.route_new_types()
 
 
 class PETTransfer(PET):
@@ -44,6 +55,23 @@ class PETTransfer(PET):
             model.__class__ = cls
         return model
 
+    def restart(
+        self, dataset_info, model_hypers: Optional[Dict[str, Any]] = None
+    ) -> "PETTransfer":
+        """PET's ``restart``, after extending the model to atomic types of the
+        dataset it does not know (:mod:`.recipe.species`).
+
+        The extended model is a new object (PET's ``restart`` returns the model
+        ``mtt train`` trains); it lists the added types in ``extended_atomic_types``
+        for the trainer, which initialises their rows.
+        """
+        model = self
+        added = species.new_atomic_types(self, dataset_info)
+        if added:
+            model = species.extend_atomic_types(self, added)
+            model.extended_atomic_types = added
+        return species.HOST_RESTART(model, dataset_info, model_hypers=model_hypers)
+
     @classmethod
     def load_checkpoint(
         cls,
@@ -60,14 +88,20 @@ class PETTransfer(PET):
         """PET's export, plus ``energy/<level>`` outputs for ``mtt::`` energy
         targets, so that simulation engines can select the new level of theory
         (:mod:`.recipe.energy_levels`)."""
-        exported = super().export(metadata)
         aliases = energy_variant_aliases(self.dataset_info.targets, self.outputs)
+        # metatomic warns (from C++, unfilterable) about energy variants without a
+        # description: every energy output gets one before the model is declared
+        describe_energy_outputs(self.outputs, aliases)
+        exported = super().export(metadata)
         if not aliases:
             return exported
         capabilities = exported.capabilities()
-        outputs = dict(capabilities.outputs)
+        # the outputs the model declares, not the capabilities' list: metatomic adds
+        # deprecated names there (`features` next to `feature`), and declaring them
+        # again would make it warn "the 'features' output name is deprecated"
+        outputs = {name: capabilities.outputs[name] for name in self.outputs}
         for alias, target in aliases.items():
-            outputs[alias] = outputs[target]
+            outputs[alias] = variant_output(outputs[target], alias, target)
         capabilities = ModelCapabilities(
             outputs=outputs,
             atomic_types=capabilities.atomic_types,
@@ -91,4 +125,37 @@ class PETTransfer(PET):
     def get_checkpoint(self) -> Dict:
         checkpoint = super().get_checkpoint()
         checkpoint["architecture_name"] = ARCHITECTURE_NAME
+        checkpoint.update(self.__dict__.pop("_next_checkpoint_entries", {}))
         return checkpoint
+
+    def attach_to_next_checkpoint(self, key: str, value: Any) -> None:
+        """Add ``key: value`` to the next checkpoint :meth:`get_checkpoint` makes
+        (the trainer's record, :mod:`.resume`: PET's trainer builds its checkpoints
+        from this method's)."""
+        self.__dict__.setdefault("_next_checkpoint_entries", {})[key] = value
+
+    # PET's trainer reads `has_new_targets` only when it restores the optimizer state
+    # of a restarted run, after its set-up (composition and scaler fits, data
+    # loaders: they draw random numbers) and just before the first resumed epoch:
+    # where the random state of the checkpoint is put back
+    __jit_unused_properties__ = ["has_new_targets"]
+
+    @property
+    def has_new_targets(self) -> bool:
+        """Whether ``restart`` added targets (PET's attribute). Reading it puts back
+        the random state given to :meth:`resume_random_state`, once."""
+        state = self.__dict__.pop("_random_state_to_resume", None)
+        if state is not None:
+            restore_random_state(state)
+        # an adopted PET instance holds it as a plain attribute
+        plain = self.__dict__.get("has_new_targets", False)
+        return self.__dict__.get("_has_new_targets", plain)
+
+    @has_new_targets.setter
+    def has_new_targets(self, value: bool) -> None:
+        self.__dict__["_has_new_targets"] = bool(value)
+
+    def resume_random_state(self, state: Dict[str, Any]) -> None:
+        """Put back ``state`` (:func:`.resume.capture_random_state`) when PET's
+        trainer next reads :attr:`has_new_targets`."""
+        self.__dict__["_random_state_to_resume"] = state

@@ -1,11 +1,12 @@
 """The trainer: metatrain's PET fine-tuning, wrapped at its seams."""
 
 import copy
+import logging
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import List, Union
+from typing import Any, Dict, List, Literal, Optional, Union
 
 import torch
 from metatrain.pet import Trainer as PETTrainer
@@ -13,28 +14,65 @@ from metatrain.utils.abc import ModelInterface
 from metatrain.utils.data import Dataset
 from metatrain.utils.io import check_file_extension
 
-from .checks.run_inputs import check_run_inputs
+from .checks.run_inputs import CheckedRun, check_run_inputs
+from .documentation import with_pet_heads
+from .host_log import tidy_host_log
 from .model import PETTransfer
 from .parallel import distributed_pet_training, on_rank_zero, start_distributed_run
 from .recipe.alignment import align, set_existing_compositions
 from .recipe.distillation import keep_pretrained_heads
 from .recipe.lora import start_lora_at_pretrained
+from .recipe.species import prepare_new_types
+from .resume import (
+    RECORD_KEY,
+    capture_random_state,
+    make_record,
+    read_record,
+    restore_learning_rate_at_first_step,
+)
+
+
+logger = logging.getLogger(__name__)
 
 
 class Trainer(PETTrainer):
     """Transfers a pretrained PET to new targets with metatrain's PET trainer.
 
     The recipe: take over the model loaded from ``training.finetune.read_from``,
-    check the run's inputs (:mod:`.checks`), align the new energy heads with the
-    pretrained ones (:mod:`.recipe.alignment`), start LoRA adapters as a no-op
+    check the run's inputs (:mod:`.checks`), start the rows of atomic types the
+    checkpoint did not know (:mod:`.recipe.species`), align the new energy heads
+    with the pretrained ones (:mod:`.recipe.alignment`), start LoRA adapters as a no-op
     (:mod:`.recipe.lora`), keep the old energy heads valid if asked
     (:mod:`.recipe.distillation`), run PET's training loop, and write checkpoints
-    atomically under this architecture's name.
+    atomically under this architecture's name, with what a restart needs to go on
+    exactly where the run stopped (:mod:`.resume`).
     """
 
     #: subfolder of the checkpoint folder for the composition and scaler fits
     FITS_FOLDER = "fits"
     _epoch_checkpoint_dir = None  # where the epoch checkpoints go, set by `train`
+    _checked_run: Optional[CheckedRun] = None  # seed and splits, set by `train`
+    _restart_record: Optional[Dict[str, Any]] = None  # of the checkpoint continued
+
+    @classmethod
+    def load_checkpoint(
+        cls,
+        checkpoint: Dict[str, Any],
+        hypers: Dict[str, Any],
+        context: Literal["restart", "finetune"],
+    ) -> "Trainer":
+        trainer = super().load_checkpoint(checkpoint, hypers, context)
+        if context == "restart":
+            trainer._restart_record = read_record(checkpoint)
+        return trainer
+
+    def __init__(self, hypers) -> None:
+        # `method: heads` without `config`: metatrain validated a copy of the options
+        # with PET's heads filled in (documentation.py); the trainer gets them as
+        # written, so it fills them in again
+        if "finetune" in hypers:
+            hypers = {**hypers, "finetune": with_pet_heads(hypers["finetune"])}
+        super().__init__(hypers)
 
     def train(
         self,
@@ -50,17 +88,39 @@ class Trainer(PETTrainer):
         # every rank gets their result or their error (`parallel`)
         run = start_distributed_run(self.hypers, devices)
         checkpoint_dir = on_rank_zero(str, checkpoint_dir)  # rank 0's run folder
-        on_rank_zero(
+        is_restart = self.optimizer_state_dict is not None
+        if is_restart and self._restart_record is None:
+            logger.warning(
+                "The --restart checkpoint was written before pet_transfer recorded "
+                "splits and random states in its checkpoints: the run continues, but "
+                "its splits cannot be compared with the first run's (use that run's "
+                "options_restart.yaml), and the resumed epochs draw other random "
+                "numbers than an uninterrupted run would"
+            )
+        self._checked_run = on_rank_zero(
             check_run_inputs,
             model,
             self.hypers,
             train_datasets,
             val_datasets,
             checkpoint_dir,
+            restart_record=self._restart_record,
         )
+        if self._restart_record is not None:
+            # put back when PET restores the optimizer state, after its set-up
+            model.resume_random_state(self._restart_record["random_state"])
+            self._say_when_resume_is_not_exact(len(train_datasets))
+        if is_restart:
+            restore_learning_rate_at_first_step(model, self.optimizer_state_dict)
         is_finetune = self.hypers["finetune"]["read_from"] is not None
+        new_rows_hooks = []
+        if is_finetune:
+            # after a `--restart`, the rows exist: only heads/lora need their hooks
+            new_rows_hooks = prepare_new_types(
+                model, self.hypers, is_fresh_start=self.optimizer_state_dict is None
+            )
         # a restarted run has its optimizer state, and its start was aligned already
-        if is_finetune and self.optimizer_state_dict is None:
+        if is_finetune and not is_restart:
             self.hypers, self.aligned_targets = on_rank_zero(
                 align, model, self.hypers, train_datasets, val_datasets, dtype
             )
@@ -81,15 +141,19 @@ class Trainer(PETTrainer):
         self._epoch_checkpoint_dir = Path(checkpoint_dir)
         fits = self._epoch_checkpoint_dir / self.FITS_FOLDER
         fits.mkdir(parents=True, exist_ok=True)
-        with distributed_pet_training(run):
-            super().train(
-                model=model,
-                dtype=dtype,
-                devices=devices,
-                train_datasets=train_datasets,
-                val_datasets=val_datasets,
-                checkpoint_dir=str(fits),
-            )
+        try:
+            with tidy_host_log(), distributed_pet_training(run):
+                super().train(
+                    model=model,
+                    dtype=dtype,
+                    devices=devices,
+                    train_datasets=train_datasets,
+                    val_datasets=val_datasets,
+                    checkpoint_dir=str(fits),
+                )
+        finally:
+            for hook in new_rows_hooks:
+                hook.remove()
 
     def save_checkpoint(self, model: ModelInterface, path: Union[str, Path]) -> None:
         """Write the checkpoint in a hidden temporary folder beside ``path``, then
@@ -116,9 +180,47 @@ class Trainer(PETTrainer):
         # one folder down
         temporary = folder / path.name
         try:
-            super().save_checkpoint(PETTransfer.adopt(model), temporary)
+            self._save_with_record(PETTransfer.adopt(model), temporary)
             with open(temporary, "rb") as file:
                 os.fsync(file.fileno())  # the data is on disk before the rename
             os.replace(temporary, path)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
+
+    def _say_when_resume_is_not_exact(self, n_training_sets: int) -> None:
+        # what the record cannot reproduce (docs/reliability.md): the random state of
+        # data-loading workers, and the batch order of several training sets, are
+        # drawn at the end of an epoch, before its checkpoint is written
+        from metatrain.utils.data import get_num_workers
+
+        workers = self.hypers.get("num_workers")
+        workers = get_num_workers() if workers is None else workers
+        reasons = []
+        if workers > 0:
+            reasons.append(f"{workers} data-loading workers (num_workers: 0 avoids it)")
+        if n_training_sets > 1:
+            reasons.append(f"{n_training_sets} training sets")
+        if reasons:
+            logger.info(
+                "The checkpoint's random state is put back, but with "
+                + " and ".join(reasons)
+                + " the first resumed epoch draws other augmentations or batch order "
+                "than an uninterrupted run would"
+            )
+
+    def _save_with_record(self, model: PETTransfer, path: Path) -> None:
+        # PET's save, plus the record a restart needs (:mod:`.resume`). The random
+        # state is captured first: PET writes epoch checkpoints as the last step of
+        # an epoch, so this is the state the next epoch starts from.
+        random_state = capture_random_state()
+        checked = self._checked_run
+        folder = self._epoch_checkpoint_dir
+        record = make_record(
+            seed=None if checked is None else checked.seed,
+            run_folder=None if folder is None else str(folder.resolve()),
+            splits=None if checked is None else checked.splits,
+            random_state=random_state,
+        )
+        # PET's save builds the checkpoint with `model.get_checkpoint()`
+        model.attach_to_next_checkpoint(RECORD_KEY, record)
+        super().save_checkpoint(model, path)

@@ -20,6 +20,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from .guard import Guard
 from .labels import list_structures
 
 
@@ -29,14 +30,21 @@ logger = logging.getLogger(__name__)
 GRADIENTS = {"forces": "positions", "stress": "strain", "virial": "strain"}
 
 
-def check_requested_gradients(section, files: Dict[str, object]) -> List[str]:
+def check_requested_gradients(
+    section, files: Dict[str, object], guard: Optional[Guard] = None
+) -> List[str]:
     """Problems with the gradients that ``section``'s options request.
+
+    Each requested gradient is checked on its own (:class:`.guard.Guard`): one
+    whose check fails on an unforeseen input is skipped, the others are kept.
 
     :param section: a :class:`.run_inputs.DatasetSection` with options
     :param files: frames already read, by file name (filled here; ``None`` for a
         file ASE cannot read)
+    :param guard: the guard running the rules (a new one if not given)
     :return: one message per requested gradient that the dataset does not hold
     """
+    guard = guard or Guard()
     sample = section.first_sample()._asdict()
     problems = []
     for name, target in section.options.get("targets", {}).items():
@@ -49,7 +57,16 @@ def check_requested_gradients(section, files: Dict[str, object]) -> List[str]:
             request = target.get(kind)
             if not request or parameter in present:
                 continue
-            problem = _why_missing(section, name, target, kind, request, files)
+            problem = guard.run(
+                f"requested {kind}",
+                _why_missing,
+                section,
+                name,
+                target,
+                kind,
+                request,
+                files,
+            )
             if problem is not None:
                 problems.append(problem)
     return problems

@@ -18,25 +18,34 @@ and lets every other number reach the loss. The rules checked before training:
 
 import math
 from collections import defaultdict
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
+
+from .guard import Guard
 
 
 #: an isolated atom's force label above this fraction of the RMS force is an error
 ISOLATED_FORCE_FRACTION = 0.1
 
 _MAX_LISTED = 5
+#: what a skipped rule gives back (``None`` is a finding)
+_SKIPPED = object()
 
 
-def check_labels(section, model) -> List[str]:
+def check_labels(section, model, guard: Optional[Guard] = None) -> List[str]:
     """Problems with the labels of the datasets read with one options section.
+
+    Each rule runs on its own (:class:`.guard.Guard`): one that fails on an
+    unforeseen input is skipped, the findings of the others are kept.
 
     :param section: a :class:`.run_inputs.DatasetSection`
     :param model: the model after ``restart`` (its targets and cutoff)
+    :param guard: the guard running the rules (a new one if not given)
     :return: one message per kind of problem and target, naming the structures
     """
+    guard = guard or Guard()
     targets = model.dataset_info.targets
     cutoff = float(getattr(model, "cutoff", 0.0))
     found: Dict[Tuple[str, str, str], List[int]] = defaultdict(list)
@@ -45,7 +54,9 @@ def check_labels(section, model) -> List[str]:
     force_count: Dict[str, int] = defaultdict(int)
 
     for dataset, k in section.structures():
-        sample = dataset[k]._asdict()
+        sample = guard.run("reading the structures", _read_sample, dataset, k)
+        if sample is None:
+            continue
         system = sample["system"]
         index = file_index(dataset, k)
         for name, tensor_map in sample.items():
@@ -53,29 +64,51 @@ def check_labels(section, model) -> List[str]:
             if info is None:
                 continue
             for block in tensor_map.blocks():
-                rule = _bad_values(block.values, nan_allowed=info.quantity != "energy")
+                nan_allowed = info.quantity != "energy"
+                rule = guard.run(
+                    "finite labels", _bad_values, block.values, nan_allowed, default=""
+                )
                 if rule:
                     found[(name, "values", rule)].append(index)
                 for parameter in block.gradients_list():
                     values = block.gradient(parameter).values
                     label = _gradient_label(section, name, parameter)
-                    rule = _bad_values(values, nan_allowed=True)
+                    rule = guard.run(
+                        "finite labels", _bad_values, values, True, default=""
+                    )
                     if rule:
                         found[(name, label, rule)].append(index)
                     if torch.isnan(values).all():
                         continue  # no label for this structure
-                    if parameter == "strain" and not bool(system.pbc.any()):
-                        found[(name, label, "not periodic")].append(index)
+                    if parameter == "strain":
+                        periodic = guard.run(
+                            "stress of periodic structures",
+                            _is_periodic,
+                            system,
+                            default=True,
+                        )
+                        if not periodic:
+                            found[(name, label, "not periodic")].append(index)
                     if parameter != "positions":
                         continue
-                    if values.shape[0] != len(system):
+                    norms = guard.run(
+                        "force rows", _force_norms, values, system, default=_SKIPPED
+                    )
+                    if norms is _SKIPPED:
+                        continue
+                    if norms is None:
                         found[(name, label, "rows")].append(index)
                         continue
-                    norms = values.detach().reshape(len(system), 3, -1).norm(dim=1)
-                    norms = norms.amax(dim=-1).double().cpu().numpy()
                     force_sum_sq[name] += float(np.nansum(norms**2))
                     force_count[name] += int(np.sum(~np.isnan(norms)))
-                    for atom in _isolated_atoms(system, cutoff):
+                    lonely = guard.run(
+                        "isolated atoms",
+                        _isolated_atoms,
+                        system,
+                        cutoff,
+                        default=np.zeros(0, dtype=int),
+                    )
+                    for atom in lonely:
                         if not np.isnan(norms[atom]):
                             atomic_type = int(system.types[atom])
                             isolated[name].append(
@@ -95,6 +128,23 @@ def check_labels(section, model) -> List[str]:
                 _isolated_message(section, name, sorted(flagged), rms, cutoff_text)
             )
     return problems
+
+
+def _read_sample(dataset, k: int) -> dict:
+    return dataset[k]._asdict()
+
+
+def _is_periodic(system) -> bool:
+    return bool(system.pbc.any())
+
+
+def _force_norms(values: torch.Tensor, system) -> Optional[np.ndarray]:
+    """Per atom, the largest norm over the force components; ``None`` when the
+    forces do not have one row per atom."""
+    if values.shape[0] != len(system):
+        return None
+    norms = values.detach().reshape(len(system), 3, -1).norm(dim=1)
+    return norms.amax(dim=-1).double().cpu().numpy()
 
 
 def file_index(dataset, k: int) -> int:

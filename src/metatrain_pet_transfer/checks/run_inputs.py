@@ -11,8 +11,12 @@ defaults included) with the data the run would train on, and stops the run with 
 message that lists every problem, each naming the option, file and structures at
 fault and what to do.
 
-The checks themselves live in :mod:`.gradients` (requested forces, stress and
-virial) and :mod:`.labels` (the labels, structure by structure).
+Every split is checked: training, validation and test (a fraction of the training
+files, or separate files; :mod:`.splits` builds the test split again, since
+metatrain only hands it to the final evaluation). The checks themselves live in
+:mod:`.gradients` (requested forces, stress and virial), :mod:`.labels` (the labels,
+structure by structure), :mod:`.outputs` (no output overwrites an input) and
+:mod:`.splits` (a restart keeps the splits of the run it continues).
 """
 
 import logging
@@ -24,8 +28,12 @@ import torch
 
 from ..recipe.alignment import trained_targets
 from ..recipe.energy_levels import energy_variant_name
+from .command_line import mtt_train_call
 from .gradients import check_requested_gradients
+from .guard import Guard
 from .labels import check_labels
+from .outputs import check_outputs
+from .splits import compare_with_checkpoint, fingerprint, test_datasets
 
 
 logger = logging.getLogger(__name__)
@@ -46,7 +54,7 @@ class DatasetSection:
     """its expanded ``systems``/``targets`` options (``None`` when the run has no
     ``options_restart.yaml``)"""
     datasets: Dict[str, List] = field(default_factory=dict)
-    """``{"training"|"validation": [datasets]}`` taken from the section"""
+    """``{"training"|"validation"|"test": [datasets]}`` taken from the section"""
 
     @property
     def filename(self) -> str:
@@ -68,9 +76,24 @@ class DatasetSection:
         return None
 
 
+@dataclass
+class CheckedRun:
+    """What the checks learnt about the run, kept in its checkpoints."""
+
+    seed: Optional[int]
+    """the run's seed (``None`` without ``options_restart.yaml``)"""
+    splits: Dict[str, Optional[List]]
+    """``[count, digest]`` of each split (:func:`.splits.fingerprint`)"""
+
+
 def check_run_inputs(
-    model, hypers: dict, train_datasets: List, val_datasets: List, checkpoint_dir: str
-) -> None:
+    model,
+    hypers: dict,
+    train_datasets: List,
+    val_datasets: List,
+    checkpoint_dir: str,
+    restart_record: Optional[dict] = None,
+) -> CheckedRun:
     """Stop the run with one clear message if its inputs cannot give a valid training.
 
     Called by the trainer before alignment and before the first step.
@@ -81,20 +104,45 @@ def check_run_inputs(
     :param val_datasets: validation datasets of this run
     :param checkpoint_dir: the run's checkpoint folder, where ``mtt train`` wrote
         ``options_restart.yaml``
+    :param restart_record: for a restarted run, the record of the checkpoint it
+        continues (:func:`..resume.read_record`), if it has one
+    :return: the run's seed and split fingerprints
     :raises RunInputError: listing every problem found
     """
     options = _read_expanded_options(checkpoint_dir)
-    sections = _sections(options, train_datasets, val_datasets)
+    guard = Guard()  # one rule that fails loses only itself (checks/guard.py)
+    test = _guarded_value(guard, test_datasets, options, train_datasets)
+    sections = _sections(options, train_datasets, val_datasets, test)
+    call = mtt_train_call()
 
-    problems = _check_splits(options, train_datasets, val_datasets, sections)
-    problems += _guarded(_check_exported_names, model, train_datasets)
+    problems = []
+    if options is not None:
+        problems += _guarded(guard, check_outputs, options, call)
+    problems += _check_splits(options, train_datasets, val_datasets, sections)
+    seed = None if options is None else options.get("seed")
+    checked = CheckedRun(
+        seed=seed,
+        splits={
+            "training": fingerprint(train_datasets),
+            "validation": fingerprint(val_datasets),
+            "test": _guarded_value(guard, fingerprint, test),
+        },
+    )
+    if restart_record is not None:
+        restart_from = None if call is None else call.restart_from
+        problems += compare_with_checkpoint(
+            restart_record, checked.splits, seed, restart_from
+        )
+    problems += _guarded(guard, _check_exported_names, model, train_datasets)
     files: Dict[str, object] = {}  # frames read again to explain a problem
     for section in sections:
         if section.first_sample() is None:
             continue
         if section.options is not None:
-            problems += _guarded(check_requested_gradients, section, files)
-        problems += _guarded(check_labels, section, model)
+            problems += _guarded(
+                guard, check_requested_gradients, section, files, guard
+            )
+        problems += _guarded(guard, check_labels, section, model, guard)
 
     problems = _unique(problems)
     if problems:
@@ -104,24 +152,21 @@ def check_run_inputs(
             f"{count} in the inputs of this run, found before any training step "
             f"(nothing was trained, no existing file was changed):\n{listed}"
         )
-    n_train = sum(len(d) for d in train_datasets)
-    n_val = sum(len(d) for d in val_datasets)
-    logger.info(
-        f"Run inputs checked: {n_train} training and {n_val} validation structures"
-    )
+    counts = [f"{value[0]} {name}" for name, value in checked.splits.items() if value]
+    logger.info(f"Run inputs checked: {', '.join(counts)} structures")
+    return checked
 
 
-def _guarded(check: Callable[..., List[str]], *args) -> List[str]:
-    # a check that fails on inputs it did not foresee must not stop a training
-    # that metatrain would run: it is skipped, and said so
-    try:
-        return check(*args)
-    except Exception as error:
-        logger.warning(
-            f"pet_transfer could not run its input check {check.__name__} "
-            f"({type(error).__name__}: {error}); the run goes on without it"
-        )
-        return []
+def _guarded(guard: Guard, check: Callable[..., List[str]], *args) -> List[str]:
+    # each rule inside a check runs under `guard` itself, so what a check found is
+    # kept when one of its rules fails; this catches what is left (outside any
+    # rule): a check that fails there must not stop a training metatrain would run
+    return guard.run(check.__name__, check, *args, default=[])
+
+
+def _guarded_value(guard: Guard, function: Callable, *args):
+    # like `_guarded`, for a helper whose value is optional (None when it fails)
+    return guard.run(function.__name__, function, *args, default=None)
 
 
 def _read_expanded_options(checkpoint_dir: str) -> Optional[dict]:
@@ -135,10 +180,14 @@ def _read_expanded_options(checkpoint_dir: str) -> Optional[dict]:
 
 
 def _sections(
-    options: Optional[dict], train_datasets: List, val_datasets: List
+    options: Optional[dict],
+    train_datasets: List,
+    val_datasets: List,
+    test_datasets: Optional[List] = None,
 ) -> List[DatasetSection]:
     """Group the datasets by the options section they were read with, as ``mtt
-    train`` built them: a validation fraction comes from the training files."""
+    train`` built them: a validation or test fraction comes from the training
+    files."""
     if options is None:
         return [
             DatasetSection("training set", None, {"training": train_datasets}),
@@ -147,6 +196,7 @@ def _sections(
 
     training = options["training_set"]
     validation = options.get("validation_set")
+    test = options.get("test_set")
 
     def name(base: str, index: int, count: int) -> str:
         return base if count == 1 else f"{base}[{index}]"
@@ -166,6 +216,14 @@ def _sections(
         else:  # a fraction, or indices, of the training files
             section = sections[min(i, len(sections) - 1)]
             section.datasets.setdefault("validation", []).append(dataset)
+    training_sections = list(sections)
+    for i, dataset in enumerate(test_datasets or []):
+        if isinstance(test, list):  # test files
+            option = name("test_set", i, len(test))
+            sections.append(DatasetSection(option, test[i], {"test": [dataset]}))
+        else:  # a fraction, or indices, of the training files
+            section = training_sections[min(i, len(training_sections) - 1)]
+            section.datasets.setdefault("test", []).append(dataset)
     return sections
 
 

@@ -4,6 +4,9 @@ The trainer (:mod:`metatrain_pet_transfer.trainer`) calls them in order, between
 metatrain's fine-tuning set-up (new heads and composition model for new targets) and
 PET's training loop:
 
+- :mod:`.species`: atomic types the checkpoint lacks are added to the model (at
+  ``restart``, through ``PETTransfer.restart``), their rows initialised and, with
+  ``heads`` or ``lora``, made trainable;
 - :mod:`.alignment`: new energy heads start as copies of the pretrained head, with a
   composition model fitted on the residual "new labels minus pretrained predictions";
 - :mod:`.lora`: LoRA adapters start as a no-op;
@@ -12,6 +15,5 @@ PET's training loop:
 - :mod:`.energy_levels`: the exported model serves ``mtt::energy_<level>`` also as the
   variant ``energy/<level>``.
 
-A new step (for instance extending the model to new atomic types) is a new module
-here, called from the trainer.
+A new step is a new module here, called from the trainer.
 """

@@ -1,10 +1,10 @@
 """LoRA that starts at the pretrained model.
 
 metatrain's ``LoRALinear`` initialises both low-rank factors randomly, so the
-adapted layers differ from the pretrained ones before the first step: on the
-xTB-pretrained PET, the aligned start's training error jumps from 43 to 1068
-meV/atom in the first epoch, and 80 epochs of ``lora`` end worse than no training
-at all (``bench/learning_curve.py``). LoRA as published (Hu et al. 2021; also the
+adapted layers differ from the pretrained ones before the first step, and training
+starts away from the (aligned) pretrained model; the ``native-lora`` and
+``plugin-lora`` rows of ``bench/learning_curve.py`` compare the two starts. LoRA as
+published (Hu et al. 2021; also the
 default of Hugging Face's PEFT) sets the second factor ``B`` to zero, so that the
 adapters are a no-op until training moves them. Here the adapters are injected
 with metatrain's own ``inject_lora_layers`` before PET's trainer runs, and ``B``

@@ -1,7 +1,8 @@
 """``mtt-transfer inspect``: what a checkpoint holds, before writing ``options.yaml``.
 
 A user starting a transfer needs to know the target names, units and gradients the
-checkpoint was trained on, its atomic types (PET cannot learn new ones), its cutoff
+checkpoint was trained on, its atomic types (new ones in the data are added by
+``pet_transfer``, not by native PET), its cutoff
 and hypers (``architecture.model`` must match them or be left out) and whether the
 installed metatrain can read it. All of this is in the checkpoint, but reading it
 by hand means unpickling a file that may come from a stranger.

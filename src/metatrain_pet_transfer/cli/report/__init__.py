@@ -2,8 +2,9 @@
 
 What a run folder must hold, and where each piece is looked for:
 
-- the run itself: ``RUN_DIR`` is either the folder where ``mtt train`` ran (the latest
-  ``outputs/<date>/<time>/`` with a ``train.csv`` is used) or such an outputs folder;
+- the run itself: ``RUN_DIR`` is either the folder where ``mtt train`` ran (the newest
+  ``outputs/<date>/<time>/`` whose ``train.csv`` logged epochs is used, and named) or
+  such an outputs folder;
 - ``train.csv`` (metatrain's per-epoch metrics) for the learning curve, and
   ``train.log`` for the zero-shot errors logged by the alignment start (optional);
 - the options: ``options_restart.yaml`` of the outputs folder, else ``options.yaml``;
@@ -30,7 +31,12 @@ import sys
 from pathlib import Path
 
 from .evaluation import Comparison, evaluate, metrics_table
-from .history import read_train_csv, zero_shot_lines, zero_shot_metrics
+from .history import (
+    overfitting,
+    read_train_csv,
+    zero_shot_lines,
+    zero_shot_metrics,
+)
 from .labels import EnergyTarget, Structures, energy_targets, report_structures
 from .plots import plot_learning_curve, plot_parity
 from .runs import ReportError, Run, find_run
@@ -59,6 +65,7 @@ __all__ = [
     "find_run",
     "make_report",
     "metrics_table",
+    "overfitting",
     "plot_learning_curve",
     "plot_parity",
     "read_train_csv",
@@ -79,8 +86,9 @@ def register(subparsers) -> None:
         description="Parity plots (energy, forces, stress where labelled), the "
         "learning curve and a markdown summary of a finished `mtt train` run, "
         "written to RUN_DIR/report/.",
-        epilog="RUN_DIR is the folder where `mtt train` ran (its latest "
-        "outputs/<date>/<time>/ is used) or such an outputs folder. Read from it: "
+        epilog="RUN_DIR is the folder where `mtt train` ran (its newest "
+        "outputs/<date>/<time>/ that logged epochs is used) or such an outputs "
+        "folder. Read from it: "
         "train.csv (learning curve), train.log (zero-shot errors, optional), "
         "options_restart.yaml or options.yaml (targets and data), the exported "
         "model (.pt). Structures compared: --data, else the options' test set "
@@ -129,6 +137,10 @@ def run(args: argparse.Namespace) -> int:
     except ReportError as error:
         print(f"mtt-transfer report: {error}", file=sys.stderr)
         return 1
+    print(
+        f"run: {report.run.outputs}"
+        + (f" ({report.run.choice})" if report.run.choice else "")
+    )
     if report.comparisons:
         print(metrics_table(report.comparisons))
     for path in (report.parity, report.learning_curve, report.summary):

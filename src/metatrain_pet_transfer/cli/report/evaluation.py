@@ -31,6 +31,8 @@ class Comparison:
     n_atoms: np.ndarray
     counts: np.ndarray
     """(structures, elements) atom counts, for the per-element energy baseline"""
+    elements: tuple
+    """atomic numbers of the columns of ``counts``"""
     energy: np.ndarray
     energy_ref: np.ndarray
     forces: Optional[np.ndarray] = None
@@ -133,6 +135,7 @@ def evaluate(
                 [[np.sum(f.numbers == z) for z in elements] for f in frames],
                 dtype=float,
             ),
+            elements=tuple(elements),
             energy=np.array(energies, dtype=float),
             energy_ref=np.array(energy_ref),
             note=note,

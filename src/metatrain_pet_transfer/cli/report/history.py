@@ -25,6 +25,12 @@ def read_train_csv(path: Path) -> tuple:
         )
     with open(path, newline="") as file:
         lines = list(csv.reader(file))
+    if not any(lines):
+        raise ReportError(
+            f"'{path}' is empty: that run logged no epoch (e.g. `mtt train --restart` "
+            "with no epoch left to train); report on the outputs folder of the run "
+            "that trained"
+        )
     if len(lines) < 2:
         raise ReportError(f"'{path}' has no header and unit rows")
     columns = [c.strip() for c in lines[0]]
@@ -79,3 +85,74 @@ def _external_metric_name(name: str) -> str:
             base = target[: -len(suffix)]
             target = external if base == "energy" else f"{external}[{base}]"
     return f"{target} {metric}"
+
+
+#: a validation error this much above its best at the last epoch is reported
+OVERFIT_MARGIN = 0.05
+
+
+def overfitting(columns: List[str], units: List[str], rows: np.ndarray) -> List[str]:
+    """Sentences flagging validation MAEs that ended above their best epoch while
+    the training MAE kept falling (the model fits its training structures more
+    than the others), and saying which epoch the exported model holds.
+
+    :return: one sentence per such metric, then one about the exported model;
+        empty when no validation MAE rose by more than :data:`OVERFIT_MARGIN`
+    """
+    if len(rows) < 2 or "Epoch" not in columns:
+        return []
+    epochs = rows[:, columns.index("Epoch")].astype(int)
+    sentences, training_fell = [], False
+    for index, column in enumerate(columns):
+        if not column.startswith("validation ") or "MAE" not in column:
+            continue
+        values = rows[:, index]
+        if not np.all(np.isfinite(values)):
+            continue
+        best = int(np.argmin(values))
+        last = values[-1]
+        if best == len(values) - 1 or last <= (1 + OVERFIT_MARGIN) * values[best]:
+            continue
+        metric = column[len("validation ") :]
+        unit = units[index]
+        sentence = (
+            f"validation {metric} was lowest at epoch {epochs[best]} "
+            f"({values[best]:.4g} {unit}) and ends at {last:.4g} {unit} "
+            f"(+{100 * (last / values[best] - 1):.0f}%)"
+        )
+        training = f"training {metric}"
+        if training in columns:
+            train_values = rows[:, columns.index(training)]
+            if train_values[-1] < train_values[best]:
+                training_fell = True
+                sentence += (
+                    f", while the training error kept falling "
+                    f"({train_values[best]:.4g} → {train_values[-1]:.4g} {unit})"
+                )
+        sentences.append(sentence)
+    if not sentences:
+        return []
+    # rising validation error with a falling training error is overfitting; with
+    # both rising it may be a too large learning rate or noise: not called so
+    headline = "Overfitting" if training_fell else "Validation error above its best"
+    lines = [f"**{headline}**: " + "; ".join(sentences) + "."]
+    if "validation loss" in columns:
+        loss = rows[:, columns.index("validation loss")]
+        if np.all(np.isfinite(loss)):
+            kept = int(np.argmin(loss))
+            if kept == len(loss) - 1:
+                lines.append(
+                    f"The exported model holds the weights of the last epoch "
+                    f"({epochs[kept]}), whose validation loss is the lowest."
+                )
+            else:
+                lines.append(
+                    f"The exported model holds the weights of epoch {epochs[kept]} "
+                    "(lowest validation loss), not those of the last epoch."
+                )
+    if training_fell:
+        lines.append(
+            "More training structures, fewer epochs or a lower learning rate "
+            "reduce the gap; a small validation set is itself noisy."
+        )
+    return lines

@@ -195,3 +195,30 @@ def stress_labels(target: EnergyTarget, frames, label_frames) -> Optional[list]:
                 for r, atoms in zip(refs, frames, strict=True)
             ]
     return None
+
+
+def training_structures(run: Run) -> Optional[Structures]:
+    """The structures the run trained on, with their labels (for the energy
+    baseline of the parity plot); ``None`` if they cannot be read.
+
+    With fractional validation or test splits, metatrain saved the training indices
+    in ``indices/training.txt``; otherwise the whole training file is the training
+    set.
+    """
+    training_set = run.options.get("training_set")
+    if not isinstance(training_set, list) or len(training_set) != 1:
+        return None
+    dataset = training_set[0]
+    path = _resolve(run.base, dataset["systems"]["read_from"])
+    try:
+        frames = _read_frames(path)
+        labels = _label_frames(run, dataset, frames)
+    except ReportError:
+        return None
+    indices = _indices(run.outputs / "indices" / "training.txt")
+    if indices is not None:
+        if max(indices) >= len(frames):
+            return None  # the file changed since the run
+        frames = [frames[i] for i in indices]
+        labels = {name: [f[i] for i in indices] for name, f in labels.items()}
+    return Structures(f"training structures of `{path.name}`", frames, labels)

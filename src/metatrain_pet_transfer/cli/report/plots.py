@@ -1,9 +1,10 @@
 """The report's figures: parity plots and the learning curve (PNG, matplotlib Agg).
 
 Parity: one row per model, one column per quantity (energy, forces, stress); energies
-are per atom minus a per-element baseline fitted on the labels, so that molecules of
-different composition share one axis. Learning curve: training and validation errors
-per epoch from ``train.csv``, with the zero-shot validation error at epoch 0.
+are per atom minus a baseline (:mod:`.baseline`: per-element energies fitted on the
+training labels), so that molecules of different composition share one axis.
+Learning curve: training and validation errors per epoch from ``train.csv``, with
+the zero-shot validation error at epoch 0.
 """
 
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from .baseline import EnergyBaseline, energy_baseline
 from .evaluation import Comparison, display_units
 from .history import read_train_csv
 from .runs import ReportError
@@ -28,17 +30,17 @@ def _matplotlib():
     return plt
 
 
-def _energy_baseline(comparisons: List[Comparison]) -> np.ndarray:
-    """Per-element reference energies fitted on the labels (least squares), so that
-    energies of different molecules share one axis; the same baseline is taken
-    from labels and predictions, so the distance to the diagonal is the error."""
-    reference = comparisons[0]
-    weights, *_ = np.linalg.lstsq(reference.counts, reference.energy_ref, rcond=None)
-    return reference.counts @ weights
+def plot_parity(
+    comparisons: List[Comparison],
+    path: Path,
+    baselines: Optional[Dict[str, EnergyBaseline]] = None,
+) -> Path:
+    """One row per model, one column per quantity (energy, forces, stress).
 
-
-def plot_parity(comparisons: List[Comparison], path: Path) -> Path:
-    """One row per model, one column per quantity (energy, forces, stress)."""
+    :param baselines: per target, what the energy panel subtracts (default: chosen
+        from the plotted structures alone, :func:`.baseline.energy_baseline`)
+    """
+    baselines = baselines or {}
     plt = _matplotlib()
     models = list(dict.fromkeys(c.model for c in comparisons))
     targets = list(dict.fromkeys(c.target.name for c in comparisons))
@@ -60,12 +62,17 @@ def plot_parity(comparisons: List[Comparison], path: Path) -> Path:
     for column, (target, quantity) in enumerate(columns):
         of_target = [c for c in comparisons if c.target.name == target]
         scale, energy_unit, force_unit, stress_unit = display_units(of_target[0].target)
-        baseline = _energy_baseline(of_target) if quantity == "energy" else None
+        baseline = None
+        if quantity == "energy":
+            baseline = baselines.get(target) or energy_baseline(
+                of_target[0].target, of_target
+            )
         values = {}
         for comparison in of_target:
             if quantity == "energy":
-                x = (comparison.energy_ref - baseline) / comparison.n_atoms
-                y = (comparison.energy - baseline) / comparison.n_atoms
+                offsets = baseline.offsets(comparison)
+                x = (comparison.energy_ref - offsets) / comparison.n_atoms
+                y = (comparison.energy - offsets) / comparison.n_atoms
                 x, y = scale * x, scale * y
             else:
                 x = getattr(comparison, f"{quantity}_ref")
@@ -84,7 +91,8 @@ def plot_parity(comparisons: List[Comparison], path: Path) -> Path:
             metrics = comparison.metrics()
             raw_unit = of_target[0].target.unit
             if quantity == "energy":
-                label = f"energy − per-element baseline ({energy_unit})"
+                what = "mean" if baseline.weights is None else "baseline"
+                label = f"energy − {what} ({energy_unit})"
                 unit = energy_unit
             elif quantity == "forces":
                 label, unit = f"force components ({raw_unit}/Å)", force_unit

@@ -1,9 +1,9 @@
 """Finding the pieces of a finished ``mtt train`` run: outputs folder, options, model.
 
-``RUN_DIR`` is either the folder where ``mtt train`` ran (its latest
-``outputs/<date>/<time>/`` is used) or such an outputs folder. The options are read
-from ``options_restart.yaml`` (else ``options.yaml``) with metatrain's dataset
-expansion, so every later step sees datasets in one form.
+``RUN_DIR`` is either the folder where ``mtt train`` ran (its newest
+``outputs/<date>/<time>/`` that logged epochs is used) or such an outputs folder.
+The options are read from ``options_restart.yaml`` (else ``options.yaml``) with
+metatrain's dataset expansion, so every later step sees datasets in one form.
 """
 
 import warnings
@@ -31,6 +31,8 @@ class Run:
     """the run's options, datasets expanded by metatrain"""
     model: Optional[Path]
     """the exported model, if one was found"""
+    choice: str = ""
+    """why this outputs folder was used, when ``RUN_DIR`` held several"""
 
     @property
     def train_csv(self) -> Path:
@@ -45,6 +47,40 @@ def _is_outputs_folder(path: Path) -> bool:
     return (path / "train.csv").is_file() or (path / "options_restart.yaml").is_file()
 
 
+def logged_epochs(train_csv: Path) -> int:
+    """How many epoch rows ``train.csv`` holds (0 if it is missing or empty)."""
+    if not train_csv.is_file():
+        return 0
+    with open(train_csv, errors="replace") as file:
+        rows = [line for line in file.read().splitlines() if line.strip()]
+    return max(len(rows) - 2, 0)  # a header and a unit row come first
+
+
+def _choose_outputs(run_dir: Path, candidates: list) -> tuple:
+    """The newest outputs folder that logged epochs, and a sentence saying so.
+
+    A restart after the last epoch (``mtt train --restart`` with nothing left to
+    train) writes a newer outputs folder with an empty ``train.csv``: the report
+    is about the run that trained, so such folders are passed over.
+    """
+    newest = candidates[-1]
+    trained = [c for c in candidates if logged_epochs(c / "train.csv") > 0]
+    if not trained:
+        return newest, (
+            f"the newest of {len(candidates)} outputs folders; none logged an epoch"
+        )
+    chosen = trained[-1]
+    skipped = [c for c in candidates if c > chosen]
+    if not skipped:
+        return chosen, ""
+    names = ", ".join(f"'{c.relative_to(run_dir)}'" for c in skipped)
+    return chosen, (
+        f"the newest outputs folder with logged epochs; newer {names} logged none "
+        "(e.g. a restart with no epoch left) and "
+        f"{'was' if len(skipped) == 1 else 'were'} passed over"
+    )
+
+
 def find_run(run_dir, model: Optional[Path] = None) -> Run:
     """Locate the outputs folder, options and exported model of a run.
 
@@ -55,6 +91,7 @@ def find_run(run_dir, model: Optional[Path] = None) -> Run:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ReportError(f"run folder '{run_dir}' does not exist")
+    choice = ""
     if _is_outputs_folder(run_dir):
         outputs = run_dir
         # `mtt train` writes into <where it ran>/outputs/<date>/<time>
@@ -64,9 +101,11 @@ def find_run(run_dir, model: Optional[Path] = None) -> Run:
             base = outputs
     else:
         candidates = sorted(
-            p.parent
-            for p in run_dir.glob("outputs/*/*/*")
-            if p.name in ("train.csv", "options_restart.yaml")
+            {
+                p.parent
+                for p in run_dir.glob("outputs/*/*/*")
+                if p.name in ("train.csv", "options_restart.yaml")
+            }
         )
         if not candidates:
             raise ReportError(
@@ -74,7 +113,7 @@ def find_run(run_dir, model: Optional[Path] = None) -> Run:
                 "metatrain outputs folder) and no 'outputs/<date>/<time>/train.csv' "
                 "(a folder where `mtt train` ran)"
             )
-        outputs = candidates[-1]
+        outputs, choice = _choose_outputs(run_dir, candidates)
         base = run_dir
 
     options = _read_options(outputs, base)
@@ -82,7 +121,7 @@ def find_run(run_dir, model: Optional[Path] = None) -> Run:
         model = _find_model(outputs, base)
     elif not Path(model).is_file():
         raise ReportError(f"model file '{model}' does not exist")
-    return Run(outputs=outputs, base=base, options=options, model=model)
+    return Run(outputs=outputs, base=base, options=options, model=model, choice=choice)
 
 
 def _read_options(outputs: Path, base: Path) -> dict:

@@ -6,13 +6,24 @@ part the demo reuses with models it evaluated itself.
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from .baseline import energy_baseline
 from .evaluation import Comparison, evaluate, metrics_table
-from .history import read_train_csv, zero_shot_lines, zero_shot_metrics
-from .labels import energy_targets, report_structures
+from .history import (
+    overfitting,
+    read_train_csv,
+    zero_shot_lines,
+    zero_shot_metrics,
+)
+from .labels import (
+    Structures,
+    energy_targets,
+    report_structures,
+    training_structures,
+)
 from .plots import plot_learning_curve, plot_parity
 from .runs import ReportError, Run, find_run
 
@@ -29,6 +40,8 @@ class Report:
     """What :func:`write_report` wrote."""
 
     folder: Path
+    run: Optional[Run] = None
+    """the run reported on"""
     parity: Optional[Path] = None
     learning_curve: Optional[Path] = None
     summary: Optional[Path] = None
@@ -45,18 +58,27 @@ def write_report(
     extra_sections: Sequence[str] = (),
     title: str = "Transfer report",
     intro: str = "",
+    training: Optional[Structures] = None,
 ) -> Report:
     """Write the plots and ``summary.md`` of a run into ``out``.
 
     :param intro: markdown placed before the errors
+    :param training: the training structures and labels, for the parity plot's
+        energy baseline (default: read from the run, :func:`.training_structures`)
     :param extra_sections: markdown sections appended at the end
     """
     out.mkdir(parents=True, exist_ok=True)
-    report = Report(folder=out, comparisons=comparisons)
+    if training is None and comparisons:
+        training = training_structures(run)
+    report = Report(folder=out, run=run, comparisons=comparisons)
     log_lines = zero_shot_lines(run.train_log)
 
+    baselines = {
+        target: energy_baseline(of_target[0].target, of_target, training)
+        for target, of_target in _by_target(comparisons).items()
+    }
     if comparisons:
-        report.parity = plot_parity(comparisons, out / PARITY_PNG)
+        report.parity = plot_parity(comparisons, out / PARITY_PNG, baselines)
     try:
         report.learning_curve = plot_learning_curve(
             run.train_csv, out / CURVE_PNG, zero_shot_metrics(log_lines)
@@ -66,7 +88,7 @@ def write_report(
 
     lines = [f"# {title}", ""]
     lines += [
-        f"- run: `{run.outputs}`",
+        f"- run: `{run.outputs}`" + (f" ({run.choice})" if run.choice else ""),
         f"- model: `{run.model}`" if run.model else "- model: none found",
         f"- structures: {structures_description}",
         "",
@@ -88,11 +110,15 @@ def write_report(
             "",
             f"![parity plot]({PARITY_PNG})",
             "",
-            "Parity: energies are shown per atom, minus a per-element baseline fitted "
-            "on the reference labels (the same for labels and predictions), so that "
-            "molecules of different composition share one axis.",
-            "",
         ]
+        for target, baseline in baselines.items():
+            lines += [
+                f"Parity, energy of {target}: per atom, minus {baseline.description}; "
+                "the same for labels and predictions, so that molecules of different "
+                "composition share one axis and the distance to the diagonal is the "
+                "error per atom.",
+                "",
+            ]
     else:
         lines += ["No energy target to evaluate.", ""]
     if other_targets:
@@ -105,6 +131,9 @@ def write_report(
         columns, units, rows = read_train_csv(run.train_csv)
         lines += [f"{len(rows)} logged epochs (`{run.train_csv.name}`).", ""]
         lines += _last_epoch_table(columns, units, rows)
+        flags = overfitting(columns, units, rows)
+        if flags:
+            lines += [""] + [" ".join(flags)]
         lines += ["", f"![learning curve]({CURVE_PNG})", ""]
     if log_lines:
         lines += ["Alignment start (`train.log`):", "", "```"]
@@ -117,6 +146,13 @@ def write_report(
     report.summary = out / SUMMARY_MD
     report.summary.write_text("\n".join(lines).rstrip() + "\n")
     return report
+
+
+def _by_target(comparisons: List[Comparison]) -> Dict[str, List[Comparison]]:
+    grouped: Dict[str, List[Comparison]] = {}
+    for comparison in comparisons:
+        grouped.setdefault(comparison.target.name, []).append(comparison)
+    return grouped
 
 
 def _last_epoch_table(columns, units, rows) -> List[str]:

@@ -1,0 +1,12 @@
+"""The PBE0 transfer campaign behind ``bench/learning_curve.py``, in pieces.
+
+``bench/learning_curve.py`` is the command line (its options and ``main``); this
+package does the work. Planning: ``settings`` (the settings, the pretrained
+checkpoint, the rows compared), ``splits`` (splits, ``splits.json``, the split files,
+``Campaign``) and ``planning`` (which runs to do, their learning rates and epochs).
+Running: ``running`` (``mtt train``/``mtt eval`` subprocesses, scoring, zero-shot,
+``run_campaign``). Tabulating: ``tables`` (``results.csv``, ``results.md``,
+``results.png``). Each module imports only those before it in the order settings,
+splits, tables, planning, running (``planning`` reads selected learning rates back
+from ``results.csv``).
+"""

@@ -1,0 +1,421 @@
+"""Doing the runs: ``mtt train``, ``mtt eval`` subprocesses, scored and cross-checked.
+
+Part of ``bench/learning_curve.py`` (running side). Each trained row is an
+``options.yaml`` in a fresh run folder, ``mtt train`` and ``mtt eval`` as a user
+runs them; the errors are computed (``scoring``) from the predictions ``mtt eval``
+writes and must agree with those it prints. ``zero-shot`` evaluates the pretrained
+model once and fits per-element energy shifts. ``run_campaign`` does, wave after
+wave, the runs the plan calls for and ``results.csv`` does not hold yet (the plan
+grows as learning-rate searches complete), one or several at a time, merging each
+result under a lock; a run that fails or disagrees with ``mtt eval`` is recorded as
+``failed`` and stops the campaign with a non-zero exit naming its run folder.
+"""
+
+import contextlib
+import fcntl
+import json
+import os
+import re
+import shutil
+import subprocess
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List
+
+import numpy as np
+
+from .planning import planned_runs, searches_of
+from .scoring import (
+    composition,
+    cross_check,
+    fit_element_shifts,
+    read_predictions,
+    split_metrics,
+)
+from .settings import ENERGY_KEY, FORCES_KEY, ROWS, Run, Settings
+from .splits import Campaign, prepare, sha256, write_frames_if_changed
+from .tables import load_results, report, result_key
+
+
+class CampaignStopped(SystemExit):
+    """A run failed or its scores disagree with ``mtt eval``: nothing more runs."""
+
+
+# ---------------------------------------------------------------------- mtt, in a shell
+
+
+@dataclass(frozen=True)
+class Finished:
+    """How an ``mtt`` command ended: exit status, wall and CPU seconds.
+
+    CPU seconds (the command's own user + system time, from its rusage) stay
+    comparable when other jobs share the machine; wall seconds do not.
+    """
+
+    rc: int
+    wall_s: float
+    cpu_s: float
+
+
+def mtt(settings: Settings, folder: Path, log: str, *args: str) -> Finished:
+    """Run ``mtt <args>`` in ``folder`` as a user would, output to ``folder/log``.
+
+    One thread (``--threads``) and no Python warnings in the logs.
+    """
+    env = dict(os.environ, OMP_NUM_THREADS=str(settings.threads))
+    env["PYTHONWARNINGS"] = "ignore"
+    begin = time.perf_counter()
+    with open(folder / log, "w") as stream:
+        process = subprocess.Popen(
+            [str(settings.mtt), *args],
+            cwd=folder,
+            env=env,
+            stdout=stream,
+            stderr=subprocess.STDOUT,
+        )
+        # this child's own rusage: right even with several runs at once
+        _, status, usage = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(status)
+    return Finished(
+        process.returncode,
+        time.perf_counter() - begin,
+        usage.ru_utime + usage.ru_stime,
+    )
+
+
+def error_line(log: Path) -> str:
+    """The line of a failed ``mtt`` log that says what went wrong.
+
+    metatrain's option validation prints the offending option and an explanation;
+    anything else ends with a Python exception line.
+    """
+    lines = [line.strip() for line in log.read_text(errors="replace").splitlines()]
+    lines = [line for line in lines if line and "warn" not in line.lower()]
+    for i, line in enumerate(lines):
+        if line.startswith("---- [Error"):
+            detail = lines[i + 1] if i + 1 < len(lines) else ""
+            return f"{line.removeprefix('---- ')} {detail}"
+    exceptions = [
+        line for line in lines if re.match(r"^[\w.]*(Error|Exception)\b", line)
+    ]
+    return (exceptions or lines or ["(empty log)"])[-1][:300]
+
+
+def dataset_section(path: Path, target: str) -> dict:
+    """An options.yaml dataset section reading PBE0 energies and forces."""
+    return {
+        "systems": {"read_from": str(path), "length_unit": "angstrom"},
+        "targets": {
+            target: {
+                "quantity": "energy",
+                "key": ENERGY_KEY,
+                "unit": "eV",
+                "forces": {"key": FORCES_KEY},
+                "stress": False,
+            }
+        },
+    }
+
+
+def write_yaml(path: Path, content: dict) -> Path:
+    import yaml
+
+    path.write_text(yaml.safe_dump(content, sort_keys=False))
+    return path
+
+
+def mtt_eval(
+    model: Path, frames_file: Path, target: str, folder: Path, settings: Settings
+):
+    """``mtt eval`` of ``model`` on ``frames_file``, predictions to predictions.xyz."""
+    write_yaml(folder / "eval.yaml", dataset_section(frames_file, target))
+    options = ["-o", "predictions.xyz", "-b", "8", "--no-warm-up"]
+    finished = mtt(
+        settings, folder, "eval.log", "eval", str(model), "eval.yaml", *options
+    )
+    return folder / "predictions.xyz", finished
+
+
+# ---------------------------------------------------------------------------- the runs
+
+
+def train_file(campaign: Campaign, n: int, seed: int) -> Path:
+    """The training frames of (N, seed) as extended xyz."""
+    path = campaign.settings.runs / "splits" / f"train_N{n}_s{seed}.xyz"
+    write_frames_if_changed(path, campaign.subset(campaign.training_indices(n, seed)))
+    return path
+
+
+def run_folder(run: Run, campaign: Campaign) -> Path:
+    """Where a run writes (zero-shot: the cached pretrained evaluation)."""
+    settings = campaign.settings
+    if ROWS[run.row].architecture is None:
+        digest = sha256(settings.checkpoint)[:12]
+        return settings.runs / "zero-shot" / f"pretrained-{digest}"
+    return settings.runs / run.row / run.folder_name
+
+
+def train_and_evaluate(run: Run, campaign: Campaign) -> dict:
+    """``mtt train`` in a fresh run folder, then ``mtt eval`` on validation + test."""
+    settings, row = campaign.settings, ROWS[run.row]
+    folder = run_folder(run, campaign)
+    shutil.rmtree(folder, ignore_errors=True)  # a run interrupted earlier
+    folder.mkdir(parents=True)
+    options = {
+        "seed": run.seed,
+        "architecture": row.architecture(run, campaign.pretrained, settings.batch_size),
+        "training_set": dataset_section(
+            train_file(campaign, run.n, run.seed), row.target
+        ),
+        "validation_set": dataset_section(campaign.files["val"], row.target),
+        "test_set": 0.0,  # the test split is evaluated below, by `mtt eval`
+    }
+    write_yaml(folder / "options.yaml", options)
+    trained = mtt(
+        settings, folder, "train.log", "train", "options.yaml", "-o", "model.pt"
+    )
+    result = {"run_dir": str(folder), "wall_s": trained.wall_s, "cpu_s": trained.cpu_s}
+    if trained.rc != 0:
+        return {**result, "status": "failed", "error": error_line(folder / "train.log")}
+
+    predictions, evaluated = mtt_eval(
+        folder / "model.pt", campaign.files["val_test"], row.target, folder, settings
+    )
+    result["eval_s"] = evaluated.wall_s
+    if evaluated.rc != 0:
+        return {**result, "status": "failed", "error": error_line(folder / "eval.log")}
+    energies, forces = read_predictions(predictions, row.target, campaign.val_test)
+    result.update(split_metrics(energies, forces, campaign))
+    cross_check(energies, forces, campaign.val_test, folder / "eval.log")
+    return {**result, "status": "ok", "error": ""}
+
+
+def pretrained_predictions(campaign: Campaign):
+    """The pretrained model's energies and forces on every frame, computed once.
+
+    Exported with ``mtt export`` and evaluated with ``mtt eval`` on the whole data
+    file (cross-checked against the MAEs it prints); cached in the zero-shot folder.
+    """
+    settings = campaign.settings
+    folder = run_folder(Run("zero-shot", 0, 0, None, 0, trains=False), campaign)
+    done = folder / "timing.json"
+    if not (done.exists() and "cpu_s" in done.read_text()):
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        checkpoint = str(settings.checkpoint)
+        exported = mtt(
+            settings, folder, "export.log", "export", checkpoint, "-o", "pretrained.pt"
+        )
+        if exported.rc != 0:
+            raise RuntimeError(f"mtt export: {error_line(folder / 'export.log')}")
+        target = campaign.pretrained.target
+        model = folder / "pretrained.pt"
+        _, evaluated = mtt_eval(model, settings.data, target, folder, settings)
+        if evaluated.rc != 0:
+            raise RuntimeError(f"mtt eval: {error_line(folder / 'eval.log')}")
+        timing = {
+            "wall_s": exported.wall_s + evaluated.wall_s,
+            "cpu_s": exported.cpu_s + evaluated.cpu_s,
+        }
+        done.write_text(json.dumps(timing))
+    timing = json.loads(done.read_text())
+    energies, forces = read_predictions(
+        folder / "predictions.xyz", campaign.pretrained.target, campaign.frames
+    )
+    # before any shift: the pretrained model against the labels, as mtt eval printed
+    cross_check(energies, forces, campaign.frames, folder / "eval.log")
+    return energies, forces, timing, folder
+
+
+def zero_shot(run: Run, campaign: Campaign) -> dict:
+    """The pretrained model plus per-element shifts fitted on the N training frames."""
+    energies, forces, timing, folder = pretrained_predictions(campaign)
+    train = campaign.training_indices(run.n, run.seed)
+    elements = sorted({int(z) for atoms in campaign.frames for z in atoms.numbers})
+    reference = np.array([atoms.info[ENERGY_KEY] for atoms in campaign.frames])
+    shifts = fit_element_shifts(
+        campaign.subset(train), (reference - energies)[train], elements
+    )
+    shifted = energies + composition(campaign.frames, elements) @ shifts
+    order = campaign.splits["val"] + campaign.splits["test"]
+    result = split_metrics(shifted[order], [forces[i] for i in order], campaign)
+    return {**result, **timing, "status": "ok", "error": "", "run_dir": str(folder)}
+
+
+def attempt(run: Run, campaign: Campaign) -> dict:
+    """One run; whatever goes wrong is recorded as a failed run (and stops the
+    campaign once recorded)."""
+    train = zero_shot if ROWS[run.row].architecture is None else train_and_evaluate
+    try:
+        return train(run, campaign)
+    except Exception as error:  # noqa: BLE001  (recorded in results.csv first)
+        return {
+            "status": "failed",
+            "error": f"{type(error).__name__}: {error}",
+            "wall_s": float("nan"),
+            "run_dir": str(run_folder(run, campaign)),
+        }
+
+
+# ------------------------------------------------------------------------ the campaign
+
+
+def refuse_foreign_results(campaign: Campaign, results: List[dict]) -> None:
+    """A results folder holds only what its campaign plans, run by this harness in
+    its own run folders: no hand-merged rows from other campaigns."""
+    settings = campaign.settings
+    planned = {run.key for run in planned_runs(campaign, results)}
+    foreign = [
+        f"{r['row']} N={r['N']} seed={r['seed']} lr={r['lr']} ({r['run_dir']})"
+        for r in results
+        if result_key(r) not in planned
+        or not r["run_dir"].startswith(str(settings.runs) + os.sep)
+    ]
+    if foreign:
+        raise CampaignStopped(
+            f"{settings.out / 'results.csv'} holds runs that the campaign "
+            f"{settings.spec} does not plan, or made outside its run folders "
+            f"({settings.runs}): {'; '.join(foreign[:5])}"
+            f"{' ...' if len(foreign) > 5 else ''}. Write the campaign into a new "
+            "--out folder."
+        )
+
+
+def _print_plan(todo: List[Run], done: int, campaign: Campaign, results) -> None:
+    print(f"{len(todo)} runs to do now, {done} already in {campaign.settings.out}")
+    for run in todo:
+        print(
+            f"  {run.row:18s} N={run.n:<4d} seed={run.seed} lr={run.lr_label:8s} "
+            f"epochs={run.epochs}",
+            flush=True,
+        )
+    waiting = [
+        name for name, s in searches_of(campaign, results).items() if s.selected is None
+    ]
+    if waiting:
+        print(
+            f"  then, once their learning-rate search is done (and extended at an "
+            f"edge), the other runs of: {', '.join(waiting)}",
+            flush=True,
+        )
+
+
+def edge_notes(campaign: Campaign, results: List[dict]) -> List[str]:
+    """Searches whose selection is still at an edge after every allowed extension."""
+    return [
+        f"{name}: the selected learning rate {search.selected:g} is at an edge of "
+        f"the values tried ({', '.join(f'{run.lr:g}' for run in search.runs)}) after "
+        f"{campaign.settings.lr_search.max_extensions} extension(s)"
+        for name, search in searches_of(campaign, results).items()
+        if search.selected is not None and search.at_edge
+    ]
+
+
+def run_campaign(settings: Settings, plan_only: bool = False, jobs: int = 1) -> int:
+    """Do the runs the campaign plans, wave after wave, until none is left.
+
+    :raises CampaignStopped: a run failed or disagrees with ``mtt eval`` (it is in
+        ``results.csv`` as ``failed``; running the command again retries it)
+    """
+    campaign, record = prepare(settings)
+    csv_path = settings.out / "results.csv"
+    refuse_foreign_results(campaign, load_results(csv_path))
+    lock = threading.Lock()
+    while True:
+        results = load_results(csv_path)
+        done = {result_key(r) for r in results if r["status"] == "ok"}
+        todo = [run for run in planned_runs(campaign, results) if run.key not in done]
+        _print_plan(todo, len(done), campaign, results)
+        if plan_only or not todo:
+            break
+        # shared inputs written here, once, before runs start in parallel
+        for n, seed in sorted({(run.n, run.seed) for run in todo if run.trains}):
+            train_file(campaign, n, seed)
+        if any(not run.trains for run in todo):
+            try:
+                pretrained_predictions(campaign)
+            except Exception as error:  # noqa: BLE001  (recorded by the runs)
+                print(f"zero-shot: {type(error).__name__}: {error}", flush=True)
+        failed = run_wave(todo, campaign, record, jobs, lock)
+        if failed:
+            listed = "\n".join(
+                f"  {run.row} N={run.n} seed={run.seed} lr={run.lr_label}: "
+                f"{outcome['error']}\n    run folder: {outcome.get('run_dir', '?')}"
+                for run, outcome in failed
+            )
+            raise CampaignStopped(
+                f"campaign stopped: {len(failed)} run(s) failed or disagree with "
+                f"mtt eval (recorded as failed in {csv_path}):\n{listed}"
+            )
+    if not plan_only:
+        results = load_results(csv_path)
+        notes = edge_notes(campaign, results)
+        for note in notes:
+            print(f"note: {note}", flush=True)
+        with campaign_lock(settings.out, lock):
+            report(load_results(csv_path), record, campaign, notes)
+    return 0
+
+
+def run_wave(todo: List[Run], campaign: Campaign, record: dict, jobs: int, lock):
+    """The runs of ``todo``, ``jobs`` at a time; after a failure no new one starts.
+
+    :return: the failed runs with their outcomes
+    """
+    pending, running, failed = list(todo), {}, []
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        while pending or running:
+            while pending and len(running) < jobs and not failed:
+                run = pending.pop(0)
+                running[pool.submit(attempt, run, campaign)] = run
+            if not running:
+                break
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                run = running.pop(future)
+                outcome = future.result()
+                merge(run, outcome, campaign, record, lock)
+                if outcome["status"] != "ok":
+                    failed.append((run, outcome))
+    return failed
+
+
+def merge(run: Run, outcome: dict, campaign: Campaign, record: dict, lock) -> None:
+    """Put one result into ``results.csv`` (and the table and plot), and say so."""
+    record_run = {
+        "row": run.row,
+        "N": str(run.n),
+        "seed": str(run.seed),
+        "lr": run.lr_label,
+        "epochs": str(run.epochs),
+        **outcome,
+    }
+    out = campaign.settings.out
+    with campaign_lock(out, lock):  # another process may share the folder
+        results = load_results(out / "results.csv")
+        results = [r for r in results if result_key(r) != result_key(record_run)]
+        results.append(record_run)
+        report(results, record, campaign)
+    print(
+        f"{run.row} N={run.n} seed={run.seed} lr={run.lr_label}: "
+        f"{outcome['status']} test force "
+        f"{outcome.get('test_force_mae_meV_A', float('nan')):.1f} meV/Å, energy "
+        f"{outcome.get('test_energy_mae_meV_atom', float('nan')):.1f} meV/atom, "
+        f"{outcome['wall_s']:.0f} s {outcome.get('error', '')}",
+        flush=True,
+    )
+
+
+@contextlib.contextmanager
+def campaign_lock(out: Path, lock):
+    """Runs finish in several threads (and possibly processes): each result is
+    merged into the CSV on disk under this lock, never from a stale copy."""
+    with lock, open(out / ".results.lock", "w") as stream:
+        fcntl.flock(stream, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(stream, fcntl.LOCK_UN)
