@@ -354,7 +354,10 @@ def markdown(results: List[dict], epochs: int, bench: "Benchmark") -> str:
         "rattled frames |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for (n, method), rows in sorted(groups.items(), key=lambda kv: kv[0]):
+    rank = {m: i for i, m in enumerate(("random", LC_RANDOM) + METHODS)}
+    for (n, method), rows in sorted(
+        groups.items(), key=lambda kv: (kv[0][0], rank[kv[0][1]])
+    ):
         cells = [
             spread([float(r[c]) for r in rows if r[c] != ""], 1 if "mae" in c else 0)
             for c in (
