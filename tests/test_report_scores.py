@@ -22,6 +22,7 @@ def comparison(unit="eV", stress=True):
         # that is 0.5 and -0.2 per atom
         n_atoms=np.array([2.0, 4.0]),
         counts=np.array([[2.0], [4.0]]),
+        elements=(1,),
         energy=np.array([1.0, 2.0]),
         energy_ref=np.array([0.0, 2.8]),
         forces=np.array([0.1, -0.3, 0.0, 0.2]),

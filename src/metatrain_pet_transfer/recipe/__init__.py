@@ -7,6 +7,8 @@ PET's training loop:
 - :mod:`.species`: atomic types the checkpoint lacks are added to the model (at
   ``restart``, through ``PETTransfer.restart``), their rows initialised and, with
   ``heads`` or ``lora``, made trainable;
+- :mod:`.species`: atomic types the checkpoint never saw get new rows in every
+  per-type tensor (the model itself is extended in ``PETTransfer.restart``);
 - :mod:`.alignment`: new energy heads start as copies of the pretrained head, with a
   composition model fitted on the residual "new labels minus pretrained predictions";
 - :mod:`.lora`: LoRA adapters start as a no-op;
