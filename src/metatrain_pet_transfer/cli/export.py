@@ -74,8 +74,8 @@ def export_single_level(
     from metatomic.torch import AtomisticModel, ModelCapabilities
 
     from ..recipe.energy_levels import (
-        DefaultEnergyLevel,
         choose_level,
+        default_energy_level,
         single_level_outputs,
     )
 
@@ -103,7 +103,7 @@ def export_single_level(
         supported_devices=capabilities.supported_devices,
         dtype=capabilities.dtype,
     )
-    wrapped = DefaultEnergyLevel(exported.module, source).eval()
+    wrapped = default_energy_level(exported.module, source).eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit.script
         model = AtomisticModel(wrapped, exported.metadata(), single)

@@ -13,7 +13,7 @@ stays, so ``mtt eval`` keeps working with the names of the options file. In ASE:
     MetatomicCalculator("model.pt", variants={"energy": "pbe0"})
 
 Engines that cannot select a variant (they only ask for ``energy``) get a
-single-level model instead: :class:`DefaultEnergyLevel` serves one level as the
+single-level model instead: :func:`default_energy_level` serves one level as the
 default ``energy`` (``mtt-transfer export --level pbe0``, :mod:`..cli.export`).
 """
 
@@ -193,37 +193,12 @@ def choose_level(outputs: Dict[str, ModelOutput], level: Optional[str]) -> str:
     )
 
 
-class DefaultEnergyLevel(torch.nn.Module):
-    """Serves one energy output of the wrapped model as its default ``energy``.
-
-    For engines that cannot select an output variant (they ask for ``energy`` only):
-    a request for ``energy`` is passed to the wrapped model as a request for
-    ``source`` (e.g. ``energy/pbe0``), and the result comes back under ``energy``.
-    """
-
-    source: str
-
-    def __init__(self, model: torch.nn.Module, source: str):
-        super().__init__()
-        self.model = model
-        self.source = source
-
-    def forward(
-        self,
-        systems: List[System],
-        outputs: Dict[str, ModelOutput],
-        selected_atoms: Optional[Labels] = None,
-    ) -> Dict[str, TensorMap]:
-        requested: Dict[str, ModelOutput] = {}
-        for name, output in outputs.items():
-            if name == "energy":
-                requested[self.source] = output
-            else:
-                requested[name] = output
-        results = self.model(systems, requested, selected_atoms)
-        if "energy" in outputs:
-            results["energy"] = results.pop(self.source)
-        return results
+def default_energy_level(model: torch.nn.Module, source: str) -> EnergyVariants:
+    """``model`` serving its output ``source`` (e.g. ``energy/pbe0``) as its default
+    ``energy``, for engines that cannot select an output variant (they ask for
+    ``energy`` only): the same renaming as the variants, with ``energy`` as the
+    alias of ``source``."""
+    return EnergyVariants(model, {"energy": source})
 
 
 def single_level_outputs(
