@@ -42,6 +42,11 @@ from pathlib import Path
 
 import numpy as np
 
+# bench/ is on sys.path when this script runs: the learning curve's dataset
+# sections and scoring
+from transfer_campaign.running import dataset_section
+from transfer_campaign.scoring import read_predictions
+
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -176,21 +181,6 @@ def architecture(row: str, args) -> tuple:
     return section, checkpoint.name, args.epochs, "default", TARGET
 
 
-def dataset_section(path: Path, target: str) -> dict:
-    return {
-        "systems": {"read_from": str(path), "length_unit": "angstrom"},
-        "targets": {
-            target: {
-                "quantity": "energy",
-                "key": ENERGY_KEY,
-                "unit": "eV",
-                "forces": {"key": FORCES_KEY},
-                "stress": False,
-            }
-        },
-    }
-
-
 def mtt(args, folder: Path, log: str, *command: str):
     """``mtt <command>`` in ``folder``; (exit status, wall s, CPU s of the child)."""
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), PYTHONWARNINGS="ignore")
@@ -231,26 +221,6 @@ def mae(energies, forces, frames) -> tuple:
     )
     energy = 1000 * float(np.mean(np.abs(np.asarray(energies) - reference) / n_atoms))
     return 1000 * float(force_errors.mean()), energy
-
-
-def read_predictions(path: Path, target: str, reference):
-    """Energies and forces ``mtt eval`` wrote, checked to be in the reference order."""
-    import ase.io
-
-    predicted = ase.io.read(path, ":")
-    if len(predicted) != len(reference):
-        raise ValueError(f"{path}: {len(predicted)} frames, expected {len(reference)}")
-    energies, forces = [], []
-    for atoms, ref in zip(predicted, reference, strict=True):
-        if not np.allclose(atoms.positions, ref.positions, atol=1e-5):
-            raise ValueError(f"{path}: frames are not in the order of the eval set")
-        energy = atoms.info.get(target)
-        if energy is None:  # ASE's extxyz reader moves a plain `energy` to a calc
-            energy = atoms.calc.results[target]
-        energies.append(float(energy))
-        gradient = np.asarray(atoms.info[f"{target}_positions_gradients"], dtype=float)
-        forces.append(-gradient.reshape(-1, 3))
-    return energies, forces
 
 
 def score(energies, forces, frames, splits) -> dict:
