@@ -29,7 +29,10 @@ class Search:
 
 def epoch_budget(row: Row, n: int, settings: Settings) -> int:
     """The row's epochs at N: halved from ``halve_from_n`` on (every row alike), so
-    that big training sets cost about as many steps as N=100 does."""
+    that big training sets cost about as many steps as N=100 does; a row with a
+    number as its budget trains that many epochs at every N."""
+    if isinstance(row.budget, int):
+        return row.budget  # a fixed budget (the time-to-accuracy rows)
     epochs = settings.scratch_epochs if row.budget == "scratch" else settings.epochs
     if settings.half_epochs_from is not None and n >= settings.half_epochs_from:
         epochs = max(1, epochs // 2)

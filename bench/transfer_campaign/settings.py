@@ -11,7 +11,7 @@ learning rate. ``ROWS`` maps each row name to the ``architecture:`` section its
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Union
 
 
 REPO = Path(__file__).resolve().parents[2]
@@ -198,6 +198,40 @@ def plugin_defaults(run: Run, pretrained: Pretrained, batch_size: int) -> dict:
     return {"name": "pet_transfer", "training": training}
 
 
+def plugin_with(**options) -> Callable:
+    """``pet_transfer`` from the minimal options.yaml plus the training ``options``
+    (the strategies of ``recipe/strategies``)."""
+
+    def architecture(run: Run, pretrained: Pretrained, batch_size: int) -> dict:
+        section = plugin_defaults(run, pretrained, batch_size)
+        section["training"] = {**section["training"], **options}
+        return section
+
+    return architecture
+
+
+#: every training strategy off: the plugin's default before the strategies existed
+#: (alignment, ``method: full``, PET's learning rate 1e-4)
+STRATEGIES_OFF = {
+    "learning_rate_factors": {},
+    "freeze_backbone_epochs": 0,
+    "l2sp_weight": 0.0,
+    "ema_decay": None,
+}
+#: the new heads and last layers ten times faster than the backbone
+HEADS_X10 = {
+    "learning_rate_factors": {
+        module: 10.0
+        for module in [
+            "node_heads",
+            "edge_heads",
+            "node_last_layers",
+            "edge_last_layers",
+        ]
+    }
+}
+
+
 def scratch(run: Run, pretrained: Pretrained, batch_size: int) -> dict:
     """Native PET with the pretrained network's hypers, from random weights."""
     return {
@@ -216,14 +250,14 @@ class Row:
     - ``lr``: ``"search"`` gets its learning rate from the campaign's search
       (``LrSearch``), ``"scratch"`` the scratch learning rate, ``"default"`` none
       at all (the architecture's default).
-    - ``budget``: ``"finetune"`` (the spec's ``epochs.finetune``) or ``"scratch"``
-      (``epochs.scratch``).
+    - ``budget``: ``"finetune"`` (the spec's ``epochs.finetune``), ``"scratch"``
+      (``epochs.scratch``), or a number of epochs for every N.
     """
 
     architecture: Optional[Callable]
     target: str = NEW_TARGET
     lr: str = "search"
-    budget: str = "finetune"
+    budget: Union[str, int] = "finetune"
 
 
 ROWS: Dict[str, Row] = {
@@ -240,4 +274,31 @@ ROWS: Dict[str, Row] = {
     ),
     "native-lora": Row(finetuned("pet", "lora", inherit=True)),
     "plugin-default": Row(plugin_defaults, lr="default"),
+    # the strategy screen (bench/campaigns/accuracy.yaml): candidate defaults, each
+    # at the plugin's default learning rate, as a user writing no rate gets it
+    "plugin-v1": Row(plugin_with(**STRATEGIES_OFF), lr="default"),
+    "plugin-heads-x10": Row(
+        plugin_with(**{**STRATEGIES_OFF, **HEADS_X10}), lr="default"
+    ),
+    "plugin-ema": Row(
+        plugin_with(**{**STRATEGIES_OFF, "ema_decay": 0.99}), lr="default"
+    ),
+    "plugin-l2sp": Row(
+        plugin_with(**{**STRATEGIES_OFF, "l2sp_weight": 10.0}), lr="default"
+    ),
+    "plugin-staged": Row(
+        plugin_with(
+            **{
+                **STRATEGIES_OFF,
+                **HEADS_X10,
+                "freeze_backbone_epochs": 10,
+                "unfreeze_warmup_epochs": 10,
+            }
+        ),
+        lr="default",
+    ),
+    "plugin-x10-ema": Row(
+        plugin_with(**{**STRATEGIES_OFF, **HEADS_X10, "ema_decay": 0.99}),
+        lr="default",
+    ),
 }

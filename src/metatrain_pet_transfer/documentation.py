@@ -88,7 +88,7 @@ def _check_read_from(finetune: dict) -> dict:
     return finetune
 
 
-def _check_restart(num_epochs: int) -> int:
+def _check_restart(num_epochs: Optional[int]) -> Optional[int]:
     # `mtt train --restart FILE`: like `read_from`, FILE is checked before `mtt train`
     # unpickles it with weights_only=False; this field's validator runs because the
     # check needs `num_epochs` (a restart with no epoch left stops here)
@@ -97,10 +97,13 @@ def _check_restart(num_epochs: int) -> int:
     call = mtt_train_call()
     if call is not None and call.restart_from is not None:
         from .checkpoints import check_restart_checkpoint
+        from .recipe.strategies import MAX_EPOCHS_WITHOUT_NUM_EPOCHS
 
         try:
             check_restart_checkpoint(
-                call.restart_from, num_epochs, [call.checkpoint, call.output]
+                call.restart_from,
+                MAX_EPOCHS_WITHOUT_NUM_EPOCHS if num_epochs is None else num_epochs,
+                [call.checkpoint, call.output],
             )
         except ValueError as error:
             raise ValueError(f"mtt train --restart: {error}") from None
@@ -120,13 +123,16 @@ class TrainerHypers(PETTrainerHypers):
     # epoch); defaults and meaning are PET's
     batch_size: Annotated[int, Field(ge=1)] = PETTrainerHypers.batch_size
     """The number of structures in each batch."""
-    num_epochs: Annotated[int, Field(ge=0), AfterValidator(_check_restart)] = (
-        PETTrainerHypers.num_epochs
-    )
-    """Number of epochs. ``0`` trains nothing and exports the aligned start. With
-    ``mtt train --restart FILE``, the total number of epochs of the continued run:
-    ``FILE`` is checked as ``finetune.read_from`` is, and the run stops if it has no
-    epoch left to train."""
+    num_epochs: Annotated[
+        Optional[int], Field(ge=0), AfterValidator(_check_restart)
+    ] = None
+    """Number of epochs. ``0`` trains nothing and exports the aligned start. Left
+    out (``null``), the run trains until the validation error has not improved for
+    ``early_stopping_patience`` epochs (at most 1000, PET's default number of
+    epochs, which is also the length of its cosine learning-rate schedule), says so,
+    and exports the best model. With ``mtt train --restart FILE``, the total number
+    of epochs of the continued run: ``FILE`` is checked as ``finetune.read_from``
+    is, and the run stops if it has no epoch left to train."""
     learning_rate: Annotated[float, Field(gt=0)] = PETTrainerHypers.learning_rate
     """Learning rate (PET's default, 1e-4). Transferring the xTB-pretrained PET to
     PBE0 with 100 frames (``bench/learning_curve.py``), ``full`` with the alignment
@@ -232,3 +238,49 @@ class TrainerHypers(PETTrainerHypers):
     lower force errors (188.6 vs 220.1 meV/A) and higher energy errors (44.2 vs 32.1
     meV/atom); see the benchmarks page.
     """
+
+    # ------------------------------------------------------------- training strategies
+    # recipe/strategies/, measured by bench/campaigns/accuracy.yaml
+
+    early_stopping_patience: Optional[Annotated[int, Field(ge=1)]] = None
+    """Epochs without a better validation metric (``best_model_metric``) after which
+    training stops; the log says when and why, and the exported model is the best
+    one (PET's best-model rule). ``null`` (default): 20 when ``num_epochs`` is left
+    out, off when it is given."""
+
+    learning_rate_factors: dict[str, Annotated[float, Field(ge=0)]] = {}
+    """Learning-rate factors by module: ``{module name: factor}``, each parameter's
+    learning rate is ``factor`` times ``learning_rate`` (schedule included). A name
+    matches the parameters whose dotted name contains it as whole components
+    (``node_heads`` matches every target's node heads, ``gnn_layers.0`` the first
+    message-passing layer); the longest matching name wins, other parameters keep
+    factor 1. ``0`` freezes. A name that matches no parameter stops the run before
+    training, with the model's module names. Example, the heads and last layers
+    ten times faster than the backbone::
+
+        learning_rate_factors:
+          node_heads: 10
+          edge_heads: 10
+          node_last_layers: 10
+          edge_last_layers: 10
+    """
+
+    freeze_backbone_epochs: Annotated[int, Field(ge=0)] = 0
+    """Staged unfreezing: for this many epochs only the heads and last layers train
+    (the backbone's weights stay bit-identical), then the backbone joins."""
+
+    unfreeze_warmup_epochs: Annotated[int, Field(ge=0)] = 0
+    """After ``freeze_backbone_epochs``, the backbone's learning rate rises linearly
+    to its full value over this many epochs (its own warm-up)."""
+
+    l2sp_weight: Annotated[float, Field(ge=0)] = 0.0
+    """L2-SP: pull every weight back toward the weights the run started from (the
+    pretrained backbone, the aligned heads). After each step a weight moves back by
+    ``learning rate * l2sp_weight`` of its distance to its start (decoupled, as AdamW
+    decouples weight decay; at most all of it: a huge weight keeps the start
+    weights). ``0``: off."""
+
+    ema_decay: Optional[Annotated[float, Field(gt=0, lt=1)]] = None
+    """Weight averaging: validate, select and export the exponential moving average
+    of the weights, updated after every step with this decay (e.g. 0.99). The
+    optimizer keeps training the raw weights. ``null``: off."""

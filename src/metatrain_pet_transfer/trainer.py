@@ -23,6 +23,12 @@ from .recipe.alignment import align, set_existing_compositions
 from .recipe.distillation import keep_pretrained_heads
 from .recipe.lora import start_lora_at_pretrained
 from .recipe.species import prepare_new_types
+from .recipe.strategies import (
+    MAX_EPOCHS_WITHOUT_NUM_EPOCHS,
+    StopTraining,
+    training_strategies,
+    watch_pet_loop,
+)
 from .resume import (
     RECORD_KEY,
     capture_random_state,
@@ -35,6 +41,10 @@ from .resume import (
 logger = logging.getLogger(__name__)
 
 
+#: ``early_stopping_patience`` when ``num_epochs`` is left out and it is not given
+DEFAULT_PATIENCE = 20
+
+
 class Trainer(PETTrainer):
     """Transfers a pretrained PET to new targets with metatrain's PET trainer.
 
@@ -43,7 +53,8 @@ class Trainer(PETTrainer):
     checkpoint did not know (:mod:`.recipe.species`), align the new energy heads
     with the pretrained ones (:mod:`.recipe.alignment`), start LoRA adapters as a no-op
     (:mod:`.recipe.lora`), keep the old energy heads valid if asked
-    (:mod:`.recipe.distillation`), run PET's training loop, and write checkpoints
+    (:mod:`.recipe.distillation`), run PET's training loop with the training
+    strategies the options ask for (:mod:`.recipe.strategies`), and write checkpoints
     atomically under this architecture's name, with what a restart needs to go on
     exactly where the run stopped (:mod:`.resume`).
     """
@@ -72,6 +83,11 @@ class Trainer(PETTrainer):
         # written, so it fills them in again
         if "finetune" in hypers:
             hypers = {**hypers, "finetune": with_pet_heads(hypers["finetune"])}
+        if hypers.get("num_epochs", 0) is None:
+            # no epoch count: train until validation stops improving
+            hypers = {**hypers, "num_epochs": MAX_EPOCHS_WITHOUT_NUM_EPOCHS}
+            if hypers.get("early_stopping_patience") is None:
+                hypers["early_stopping_patience"] = DEFAULT_PATIENCE
         super().__init__(hypers)
 
     def train(
@@ -141,19 +157,38 @@ class Trainer(PETTrainer):
         self._epoch_checkpoint_dir = Path(checkpoint_dir)
         fits = self._epoch_checkpoint_dir / self.FITS_FOLDER
         fits.mkdir(parents=True, exist_ok=True)
+        strategies = training_strategies(
+            model, self.hypers, self.best_epoch, self.best_metric
+        )
+        start_epoch = 0 if self.epoch is None else self.epoch + 1
         try:
-            with tidy_host_log(), distributed_pet_training(run):
-                super().train(
-                    model=model,
-                    dtype=dtype,
-                    devices=devices,
-                    train_datasets=train_datasets,
-                    val_datasets=val_datasets,
-                    checkpoint_dir=str(fits),
-                )
+            with (
+                tidy_host_log(),
+                distributed_pet_training(run),
+                watch_pet_loop(strategies, start_epoch) as watch,
+            ):
+                try:
+                    super().train(
+                        model=model,
+                        dtype=dtype,
+                        devices=devices,
+                        train_datasets=train_datasets,
+                        val_datasets=val_datasets,
+                        checkpoint_dir=str(fits),
+                    )
+                except StopTraining as stop:
+                    self._stopped_early(stop, watch, distributed=run is not None)
         finally:
             for hook in new_rows_hooks:
                 hook.remove()
+
+    def _stopped_early(self, stop: StopTraining, watch, distributed: bool) -> None:
+        # what PET's loop does after its last epoch, for the epoch training ended at
+        self.epoch = stop.last_epoch
+        self.optimizer_state_dict = watch.optimizer.state_dict()
+        self.scheduler_state_dict = watch.scheduler.state_dict()
+        if distributed and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
     def save_checkpoint(self, model: ModelInterface, path: Union[str, Path]) -> None:
         """Write the checkpoint in a hidden temporary folder beside ``path``, then
