@@ -276,7 +276,7 @@ def test_bad_input_stops_every_rank_with_the_message(workdir):
     result = run_mtt(
         ["train", "options.yaml"],
         workdir,
-        launcher=torchrun(2, "--monitor-interval=5"),
+        launcher=torchrun(2, "--monitor-interval=15"),
         check=False,
     )
     assert result.returncode != 0

@@ -206,43 +206,43 @@ def backbone(state):
     }
 
 
-def test_frozen_stage_through_mtt_train(workdir):
-    options = transfer_options(epochs=2)
-    training = options["architecture"]["training"]
-    training["freeze_backbone_epochs"] = 2
-    training["learning_rate_factors"] = {"node_heads": 3.0, "edge_heads": 3.0}
-    write_yaml(workdir / "options.yaml", options)
-    log = run_mtt(["train", "options.yaml", "-o", "model.pt"], cwd=workdir)
-    log = log.stdout + log.stderr
-    assert "Staged unfreezing: only heads and last layers train" in log
-    pretrained = backbone(load(workdir / "pretrained.ckpt")["best_model_state_dict"])
-    trained = load(workdir / "model.ckpt")
-    for state in ("model_state_dict", "best_model_state_dict"):
-        after = backbone(trained[state])
-        assert after.keys() == pretrained.keys()
-        for key, value in pretrained.items():
-            assert torch.equal(after[key], value), (state, key)
-
-
-def test_no_num_epochs_stops_by_itself_and_exports_the_best(workdir):
-    # L2-SP with a huge weight: the weights cannot leave the start, the validation
-    # error never improves after epoch 0, and patience 2 ends the run after epoch 2
+def test_strategies_through_mtt_train(workdir):
+    """One real run: num_epochs left out, the backbone in its frozen stage for the
+    whole run and the new heads' rate factor at 0. Nothing can move, so the
+    validation error never improves after epoch 0 and patience 2 ends the run after
+    epoch 2; the exported model is the aligned start, bit for bit."""
     options = transfer_options()
     training = options["architecture"]["training"]
     del training["num_epochs"]
+    heads = ["node_heads", "edge_heads", "node_last_layers", "edge_last_layers"]
     training.update(
-        {"early_stopping_patience": 2, "l2sp_weight": 1e9, "ema_decay": 0.9}
+        {
+            "early_stopping_patience": 2,
+            "freeze_backbone_epochs": 100,
+            "learning_rate_factors": {name: 0.0 for name in heads},
+            "ema_decay": 0.9,
+        }
     )
     write_yaml(workdir / "options.yaml", options)
     result = run_mtt(["train", "options.yaml", "-o", "model.pt"], cwd=workdir)
     log = result.stdout + result.stderr
+    assert "Staged unfreezing: only heads and last layers train" in log
+    assert "Weight averaging: validation, best-model selection and export" in log
     assert "Early stopping: the validation mae_prod has not improved for 2" in log
     assert "the model of epoch 0 is the one exported" in log
     checkpoint = load(workdir / "model.ckpt")
-    assert checkpoint["epoch"] == 2
-    assert checkpoint["best_epoch"] == 0
-    pretrained = backbone(load(workdir / "pretrained.ckpt")["best_model_state_dict"])
-    exported = backbone(checkpoint["best_model_state_dict"])
-    for key, value in pretrained.items():
-        assert torch.equal(exported[key], value), key
+    assert (checkpoint["epoch"], checkpoint["best_epoch"]) == (2, 0)
+    pretrained = load(workdir / "pretrained.ckpt")["best_model_state_dict"]
+    for state in ("model_state_dict", "best_model_state_dict"):
+        trained = checkpoint[state]
+        # the backbone: the frozen stage
+        for key, value in backbone(pretrained).items():
+            assert torch.equal(trained[key], value), (state, key)
+        # the new heads: factor 0 keeps their aligned start, the pretrained head
+        new = [k for k in trained if "mtt::energy_pbe0" in k and "heads" in k]
+        new += [k for k in trained if "mtt::energy_pbe0" in k and "last_layers" in k]
+        assert new
+        for key in new:
+            old = key.replace("mtt::energy_pbe0", "energy")
+            assert torch.equal(trained[key], pretrained[old]), (state, key)
     assert (workdir / "model.pt").exists()

@@ -211,13 +211,16 @@ def plugin_with(**options) -> Callable:
 
 
 #: every training strategy off: the plugin's default before the strategies existed
-#: (alignment, ``method: full``, PET's learning rate 1e-4)
+#: (alignment, ``method: full``, PET's learning rate 1e-4 and MSE loss)
 STRATEGIES_OFF = {
+    "loss": "mse",
     "learning_rate_factors": {},
     "freeze_backbone_epochs": 0,
     "l2sp_weight": 0.0,
     "ema_decay": None,
 }
+#: absolute errors for the new level's energies and forces
+MAE_LOSS = {NEW_TARGET: {"type": "mae", "gradients": {"positions": {"type": "mae"}}}}
 #: the new heads and last layers ten times faster than the backbone
 HEADS_X10 = {
     "learning_rate_factors": {
@@ -274,6 +277,8 @@ ROWS: Dict[str, Row] = {
     ),
     "native-lora": Row(finetuned("pet", "lora", inherit=True)),
     "plugin-default": Row(plugin_defaults, lr="default"),
+    # time to accuracy: the default with a short budget, against the rows' 80 epochs
+    "plugin-default-e8": Row(plugin_defaults, lr="default", budget=8),
     # the strategy screen (bench/campaigns/accuracy.yaml): candidate defaults, each
     # at the plugin's default learning rate, as a user writing no rate gets it
     "plugin-v1": Row(plugin_with(**STRATEGIES_OFF), lr="default"),
@@ -295,6 +300,12 @@ ROWS: Dict[str, Row] = {
                 "unfreeze_warmup_epochs": 10,
             }
         ),
+        lr="default",
+    ),
+    # L1 losses: the metric is the MAE, and MSE lets the rattled frames' large
+    # forces (up to 62 eV/A) dominate the fit
+    "plugin-mae": Row(
+        plugin_with(**{**STRATEGIES_OFF, "loss": MAE_LOSS}),
         lr="default",
     ),
     "plugin-x10-ema": Row(

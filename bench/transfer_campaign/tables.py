@@ -159,12 +159,18 @@ def markdown(
 
 
 #: the comparisons the project's targets are stated in (force MAE ratios)
-RATIOS = [("scratch", "plugin-default"), ("native-full", "plugin-default")]
+RATIOS = [
+    ("scratch", "plugin-default"),
+    ("native-full", "plugin-default"),
+    ("native-heads", "plugin-default"),
+    ("zero-shot", "plugin-default"),
+]
 
 
 def ratios(results: List[dict]) -> List[str]:
     """Per N: how many times lower the plugin default's test force MAE is than
-    scratch's and native full fine-tuning's (median over seeds of each row)."""
+    scratch's, native fine-tuning's (full, heads) and the zero-shot model's (median
+    over seeds of each row)."""
     medians = {
         (line["row"], line["N"]): statistics.median(
             float(r["test_force_mae_meV_A"]) for r in line["chosen"]
@@ -227,20 +233,33 @@ def plot(results: List[dict], path: Path, gap: Optional[float]) -> None:
     from matplotlib.ticker import FixedLocator, NullFormatter
 
     figure, axes = plt.subplots(figsize=(8.4, 4.8))
+    lines = summary(results)
+    plotted = {line["row"] for line in lines if line["chosen"]}
+    shown = [name for name in ROWS if name in plotted]
+    # one colour per row shown (tab20 has 20; the default cycle repeats after 10),
+    # a marker and line style per family: native rows dashed, the others solid
+    colours = plt.get_cmap("tab20" if len(shown) > 10 else "tab10")
+    markers = "osD^vP*Xhp<>"
     for rank, name in enumerate(ROWS):
         points = sorted(
             (line["N"], [float(r["test_force_mae_meV_A"]) for r in line["chosen"]])
-            for line in summary(results)
+            for line in lines
             if line["row"] == name and line["chosen"]
         )
         if not points:
             continue
+        index = shown.index(name)
+        style = {
+            "color": colours(index % colours.N),
+            "marker": markers[index % len(markers)],
+            "linestyle": "--" if name.startswith("native") else "-",
+        }
         # a small shift along N per row, so rows with equal errors stay visible
         ns = [n * 1.015 ** (rank - len(ROWS) / 2) for n, _ in points]
         mid = np.array([statistics.median(v) for _, v in points])
         low = mid - np.array([min(v) for _, v in points])
         high = np.array([max(v) for _, v in points]) - mid
-        axes.errorbar(ns, mid, yerr=[low, high], marker="o", capsize=3, label=name)
+        axes.errorbar(ns, mid, yerr=[low, high], capsize=3, label=name, **style)
     if gap is not None:
         axes.axhline(
             gap,

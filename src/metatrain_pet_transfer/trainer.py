@@ -26,6 +26,7 @@ from .recipe.species import prepare_new_types
 from .recipe.strategies import (
     MAX_EPOCHS_WITHOUT_NUM_EPOCHS,
     StopTraining,
+    WeightAveraging,
     training_strategies,
     watch_pet_loop,
 )
@@ -43,6 +44,9 @@ logger = logging.getLogger(__name__)
 
 #: ``early_stopping_patience`` when ``num_epochs`` is left out and it is not given
 DEFAULT_PATIENCE = 20
+#: checkpoint key of the weight averaging's state (the trained weights beside the
+#: averaged ones the checkpoint holds), for an exact ``--restart``
+AVERAGING_KEY = "pet_transfer_weight_averaging"
 
 
 class Trainer(PETTrainer):
@@ -64,6 +68,8 @@ class Trainer(PETTrainer):
     _epoch_checkpoint_dir = None  # where the epoch checkpoints go, set by `train`
     _checked_run: Optional[CheckedRun] = None  # seed and splits, set by `train`
     _restart_record: Optional[Dict[str, Any]] = None  # of the checkpoint continued
+    _averaging_state: Optional[Dict[str, Any]] = None  # of the checkpoint continued
+    _averaging: Optional[WeightAveraging] = None  # the run's, with `ema_decay`
 
     @classmethod
     def load_checkpoint(
@@ -75,6 +81,7 @@ class Trainer(PETTrainer):
         trainer = super().load_checkpoint(checkpoint, hypers, context)
         if context == "restart":
             trainer._restart_record = read_record(checkpoint)
+            trainer._averaging_state = checkpoint.get(AVERAGING_KEY)
         return trainer
 
     def __init__(self, hypers) -> None:
@@ -160,6 +167,10 @@ class Trainer(PETTrainer):
         strategies = training_strategies(
             model, self.hypers, self.best_epoch, self.best_metric
         )
+        averaging = [s for s in strategies if isinstance(s, WeightAveraging)]
+        self._averaging = averaging[0] if averaging else None
+        if self._averaging is not None and is_restart:
+            self._averaging.resume(self._averaging_state)
         start_epoch = 0 if self.epoch is None else self.epoch + 1
         try:
             with (
@@ -258,4 +269,6 @@ class Trainer(PETTrainer):
         )
         # PET's save builds the checkpoint with `model.get_checkpoint()`
         model.attach_to_next_checkpoint(RECORD_KEY, record)
+        if self._averaging is not None:
+            model.attach_to_next_checkpoint(AVERAGING_KEY, self._averaging.state())
         super().save_checkpoint(model, path)

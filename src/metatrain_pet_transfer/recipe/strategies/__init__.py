@@ -24,6 +24,7 @@ from .parameter_steps import ParameterSteps
 __all__ = [
     "MAX_EPOCHS_WITHOUT_NUM_EPOCHS",
     "StopTraining",
+    "WeightAveraging",
     "training_strategies",
     "watch_pet_loop",
 ]

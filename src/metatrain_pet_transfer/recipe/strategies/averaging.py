@@ -11,6 +11,11 @@ the averaged weights: they are swapped in when validation starts and swapped out
 when the next epoch's steps start, so the optimizer always continues from the
 trained ones. The exported model is the best *averaged* model; its cost is that of
 one PET.
+
+A checkpoint written after an epoch holds the averaged weights (what that epoch
+validated); the trained weights and the step count go into the checkpoint beside
+them (:meth:`WeightAveraging.state`), so that ``--restart`` goes on exactly: the
+average from the checkpoint's weights, training from the trained ones.
 """
 
 import logging
@@ -38,13 +43,36 @@ class WeightAveraging(Strategy):
         self.average: Dict[str, torch.Tensor] = {}
         self.trained: Optional[Dict[str, torch.Tensor]] = None  # while swapped out
         self.steps = 0
+        self._resumed: Optional[Dict] = None
 
+    def resume(self, state: Optional[Dict]) -> None:
+        """Go on from :meth:`state` of the checkpoint a restarted run continues."""
+        self._resumed = state
+
+    def state(self) -> Optional[Dict]:
+        """The trained weights (while the average is swapped in) and the step count,
+        for the next checkpoint; ``None`` before the first validation."""
+        if self.trained is None:
+            return None
+        return {
+            "trained": {name: value.clone() for name, value in self.trained.items()},
+            "steps": self.steps,
+        }
+
+    @torch.no_grad()
     def starts(self, optimizer, start_epoch):
         # PET sets `requires_grad` (heads, lora) and moves the model before this
         self.named = [
             (name, p) for name, p in self.model.named_parameters() if p.requires_grad
         ]
         self.average = {name: p.detach().clone() for name, p in self.named}
+        resumed, self._resumed = self._resumed, None
+        if resumed is not None and set(resumed["trained"]) == set(self.average):
+            # the model holds the checkpoint's average: training goes on from the
+            # trained weights, saved beside it
+            for name, p in self.named:
+                p.copy_(resumed["trained"][name])
+            self.steps = int(resumed["steps"])
         logger.info(
             f"Weight averaging: validation, best-model selection and export use the "
             f"exponential moving average of the weights (decay {self.decay:g} per step)"
