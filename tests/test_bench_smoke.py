@@ -71,6 +71,18 @@ def test_committed_campaigns_are_valid_specs(tmp_path):
     assert settings.half_epochs_from == 200
 
 
+def test_a_row_with_its_own_budget_keeps_it_at_every_n(tmp_path):
+    load_harness()
+    from transfer_campaign.planning import epoch_budget
+    from transfer_campaign.settings import ROWS
+
+    harness = load_harness()
+    settings = harness.read_spec(CAMPAIGNS / "accuracy.yaml", tmp_path / "acc")
+    assert epoch_budget(ROWS["plugin-default-e8"], 200, settings) == 8
+    assert epoch_budget(ROWS["plugin-default"], 100, settings) == 80
+    assert epoch_budget(ROWS["plugin-default"], 200, settings) == 40
+
+
 def test_a_spec_with_an_unknown_key_or_row_is_refused(tmp_path):
     harness = load_harness()
     spec = write_spec(tmp_path, epochs={"finetune": 2, "scrach": 2})
