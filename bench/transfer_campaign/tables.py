@@ -179,13 +179,21 @@ def ratios(results: List[dict]) -> List[str]:
         if line["chosen"]
     }
     ns = sorted({n for (_, n) in medians})
+    # only the comparisons this campaign has rows for
+    pairs = [
+        (a, b)
+        for a, b in RATIOS
+        if any((a, n) in medians and (b, n) in medians for n in ns)
+    ]
+    if not pairs:
+        return []
     rows = [
         f"| {n} | "
         + " | ".join(
             f"{medians[(a, n)] / medians[(b, n)]:.2f}x"
             if (a, n) in medians and (b, n) in medians
             else "-"
-            for a, b in RATIOS
+            for a, b in pairs
         )
         + " |"
         for n in ns
@@ -196,8 +204,8 @@ def ratios(results: List[dict]) -> List[str]:
         "",
         "Test force MAE ratios (median over seeds of each row):",
         "",
-        "| N | " + " | ".join(f"{a} / {b}" for a, b in RATIOS) + " |",
-        "|---|" + "---|" * len(RATIOS),
+        "| N | " + " | ".join(f"{a} / {b}" for a, b in pairs) + " |",
+        "|---|" + "---|" * len(pairs),
         *rows,
     ]
 

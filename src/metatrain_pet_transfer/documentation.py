@@ -138,8 +138,9 @@ class TrainerHypers(PETTrainerHypers):
     """Learning rate (PET's default, 1e-4). Transferring the xTB-pretrained PET to
     PBE0 with 100 frames (``bench/learning_curve.py``), ``full`` with the alignment
     start was best at 1e-4 on the validation split (test forces 142.5 meV/A; 3e-5:
-    144.0, 3e-4: 145.2, 1e-3: 187.0); for ``heads`` the benchmark selected 3e-3,
-    the largest rate it tried (docs/benchmarks.md)."""
+    144.0, 3e-4: 145.2, 1e-3: 187.0; measured with PET's MSE loss and no weight
+    averaging, the defaults of that time); for ``heads`` the benchmark selected
+    3e-3, the largest rate it tried (docs/benchmarks.md)."""
     log_interval: Annotated[int, Field(ge=1)] = PETTrainerHypers.log_interval
     """Interval, in epochs, to log metrics."""
     checkpoint_interval: Annotated[int, Field(ge=1)] = (
