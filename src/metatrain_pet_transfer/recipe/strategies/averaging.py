@@ -23,7 +23,7 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
-from .loop_events import Strategy
+from .loop_events import Strategy, trainable_parameters
 
 
 logger = logging.getLogger(__name__)
@@ -62,9 +62,7 @@ class WeightAveraging(Strategy):
     @torch.no_grad()
     def starts(self, optimizer, start_epoch):
         # PET sets `requires_grad` (heads, lora) and moves the model before this
-        self.named = [
-            (name, p) for name, p in self.model.named_parameters() if p.requires_grad
-        ]
+        self.named = trainable_parameters(self.model)
         self.average = {name: p.detach().clone() for name, p in self.named}
         resumed, self._resumed = self._resumed, None
         if resumed is not None and set(resumed["trained"]) == set(self.average):

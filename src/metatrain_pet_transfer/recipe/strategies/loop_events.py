@@ -28,6 +28,12 @@ from typing import List, Optional, Sequence
 import torch
 
 
+def trainable_parameters(model: torch.nn.Module) -> List:
+    """``(name, parameter)`` of the weights the optimizer trains (PET sets
+    ``requires_grad`` for ``heads``/``lora`` before it builds the optimizer)."""
+    return [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+
+
 class StopTraining(Exception):
     """Raised at the start of an epoch to end training after the previous one."""
 

@@ -27,7 +27,7 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
-from .loop_events import Strategy
+from .loop_events import Strategy, trainable_parameters
 
 
 logger = logging.getLogger(__name__)
@@ -102,9 +102,7 @@ class ParameterSteps(Strategy):
 
     def starts(self, optimizer, start_epoch):
         # PET sets `requires_grad` (heads, lora) and moves the model before this
-        self.named = [
-            (name, p) for name, p in self.model.named_parameters() if p.requires_grad
-        ]
+        self.named = trainable_parameters(self.model)
         self.base = {name: factor_of(name, self.factors) for name, _ in self.named}
         self.backbone = {name for name, _ in self.named if not is_head(name)}
         self.epoch = start_epoch
