@@ -29,6 +29,9 @@ from pathlib import Path
 
 import yaml
 
+# bench/ is on sys.path when this script runs
+from epoch_clock import timed_training
+
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINT = ROOT.parent / "shared" / "checkpoints" / "pet_xtb.ckpt"
@@ -85,25 +88,8 @@ def run(workdir: Path, launcher: list, config: dict, n_train: int) -> dict:
     (workdir / "options.yaml").write_text(yaml.safe_dump(config))
     write_frames(workdir / "frames.xyz", n_train)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    begin = time.perf_counter()
-    process = subprocess.Popen(
-        [*launcher, "train", "options.yaml"],
-        cwd=workdir,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    epoch_lines, tail = [], []
-    for line in process.stdout:
-        if "Epoch:" in line:
-            epoch_lines.append(time.perf_counter())
-        tail = (tail + [line])[-40:]
-    if process.wait() != 0:
-        raise RuntimeError(f"training failed in {workdir}: {''.join(tail)}")
-    wall = time.perf_counter() - begin
-    epoch = (epoch_lines[-1] - epoch_lines[0]) / (len(epoch_lines) - 1)
-    return {"wall_s": wall, "epoch_s": epoch}
+    timing = timed_training([*launcher, "train", "options.yaml"], workdir, env)
+    return {"wall_s": timing.wall, "epoch_s": timing.epoch}
 
 
 def reduce_worker(n_elements: int, repeats: int) -> None:

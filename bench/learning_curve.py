@@ -45,6 +45,7 @@ from transfer_campaign.running import CampaignStopped, run_campaign  # noqa: E40
 from transfer_campaign.scoring import (  # noqa: E402
     CrossCheckError,
     cross_check,
+    deviations,
     errors,
     split_metrics,
 )
@@ -74,6 +75,7 @@ __all__ = [
     "Settings",
     "SpecError",
     "cross_check",
+    "deviations",
     "errors",
     "ladder_step",
     "load_results",

@@ -2,7 +2,7 @@
 
 ``../shared/checkpoints/pet_xtb_hco.ckpt`` is the reference xTB PET retrained without
 any N-containing molecule (atomic types H, C, O). This script fine-tunes it to PBE0
-on the learning-curve split (``bench/results/learning_curve/splits.json``: the same
+on the learning-curve split (``bench/results/accuracy/splits.json``: the same
 test and validation frames, the first N of seed 0's training order) and scores the
 test frames with and without nitrogen separately. Rows, each a real ``mtt train``
 then ``mtt eval`` in its own run folder:
@@ -46,6 +46,7 @@ import numpy as np
 # sections and scoring
 from transfer_campaign.running import dataset_section
 from transfer_campaign.scoring import read_predictions
+from transfer_campaign.settings import STRATEGIES_OFF
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -87,7 +88,7 @@ def parse_args(argv=None):
     parser.add_argument(
         "--splits",
         type=Path,
-        default=REPO / "bench/results/learning_curve/splits.json",
+        default=REPO / "bench/results/accuracy/splits.json",
     )
     parser.add_argument(
         "--hco-checkpoint", type=Path, default=CHECKPOINTS / "pet_xtb_hco.ckpt"
@@ -177,6 +178,8 @@ def architecture(row: str, args) -> tuple:
         checkpoint = args.hco_checkpoint
         training["new_atomic_types_init"] = row.removeprefix("plugin-hco-")
     training["finetune"] = {"read_from": str(checkpoint)}
+    # the plugin's default when these results were made (MSE loss, no averaging)
+    training.update(STRATEGIES_OFF)
     section = {"name": "pet_transfer", "training": training}
     return section, checkpoint.name, args.epochs, "default", TARGET
 

@@ -30,10 +30,12 @@ import subprocess
 import sys
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+
+# bench/ is on sys.path when this script runs
+from epoch_clock import Timing, timed_training
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,44 +76,13 @@ def options(architecture: str, checkpoint: str, data: str, epochs: int) -> dict:
     }
 
 
-@dataclass
-class Timing:
-    """One ``mtt train``: wall seconds, peak RSS (MiB), seconds per epoch."""
-
-    wall: float
-    rss: float
-    epoch: float
-
-
 def run_training(workdir: Path, config: dict, threads: int) -> Timing:
     """Run ``mtt train`` once, timing the epoch lines as they arrive."""
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "options.yaml").write_text(yaml.safe_dump(config))
     mtt = Path(sys.executable).parent / "mtt"
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONWARNINGS="ignore")
-    begin = time.perf_counter()
-    process = subprocess.Popen(
-        [str(mtt), "train", "options.yaml"],
-        cwd=workdir,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    epoch_lines, tail = [], []
-    for line in process.stdout:
-        if "Epoch:" in line:
-            epoch_lines.append(time.perf_counter())
-        tail = (tail + [line])[-40:]
-    _, status, usage = os.wait4(process.pid, 0)
-    wall = time.perf_counter() - begin
-    if status != 0:
-        raise RuntimeError(f"mtt train failed in {workdir}: {''.join(tail)}")
-    if len(epoch_lines) < 3:
-        raise RuntimeError(f"{workdir}: fewer than 3 epoch lines, use more epochs")
-    # from the end of epoch 0 (warm-up included) to the end of the last epoch
-    epoch = (epoch_lines[-1] - epoch_lines[0]) / (len(epoch_lines) - 1)
-    return Timing(wall, usage.ru_maxrss / 1024, epoch)
+    return timed_training([str(mtt), "train", "options.yaml"], workdir, env)
 
 
 def median_interval(values, confidence: float = 0.95) -> tuple:

@@ -2,7 +2,7 @@
 
 The question a user asks: with a budget of N new-level labels, does choosing the N
 frames with the pretrained model beat choosing them at random? On the project's
-split of ``bench/data/pbe0.xyz`` (``bench/results/learning_curve/splits.json``: the
+split of ``bench/data/pbe0.xyz`` (``bench/results/accuracy/splits.json``: the
 fixed test and validation frames; the rest is the pool), for each row ``METHOD:N``:
 
 - ``random:N``: the first N frames of the learning curve's random orders (seeds 0,
@@ -12,11 +12,13 @@ fixed test and validation frames; the rest is the pool), for each row ``METHOD:N
   runs it, on the pool written *without any label* (geometry and a ``pool_index``
   tag only), with that method and ``-n N``.
 
-Each training set then goes through the plugin's default transfer (``name:
-pet_transfer``, ``method: full``, no learning rate, batch 8, 80 epochs, from the
-pretrained checkpoint) with ``mtt train``, and the exported model is scored with
-``mtt eval`` on the fixed test frames: energy MAE per atom, force MAE, and the force
-MAE on the MD frames and on the rattled frames of the test split separately.
+Each training set then goes through the plugin's transfer as its default was when
+these results were made (``name: pet_transfer``, ``method: full``, no learning
+rate, batch 8, 80 epochs, from the pretrained checkpoint; MSE loss and no weight
+averaging: row ``plugin-v1`` of ``bench/campaigns/accuracy.yaml``) with ``mtt
+train``, and the exported model is scored with ``mtt eval`` on the fixed test
+frames: energy MAE per atom, force MAE, and the force MAE on the MD frames and on
+the rattled frames of the test split separately.
 
 ``--speed`` times ``mtt-transfer select`` on a pool of 10,000 structures made by
 rattling (σ 0.02 Å, seeded) copies of ``bench/data/pretrain_xtb.xyz`` frames.
@@ -49,12 +51,13 @@ from select_labels_tables import (
     save,
     spread,
 )
+from transfer_campaign.settings import STRATEGIES_OFF
 
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "bench" / "data" / "pbe0.xyz"
 PRETRAIN_DATA = REPO / "bench" / "data" / "pretrain_xtb.xyz"
-SPLITS = REPO / "bench" / "results" / "learning_curve" / "splits.json"
+SPLITS = REPO / "bench" / "results" / "accuracy" / "splits.json"
 CHECKPOINT = REPO.parent / "shared" / "checkpoints" / "pet_xtb.ckpt"
 OUT = REPO / "bench" / "results" / "select"
 
@@ -203,6 +206,7 @@ class Benchmark:
             "num_epochs": self.args.epochs,
             "num_workers": 0,
             "finetune": {"read_from": str(self.args.checkpoint)},
+            **STRATEGIES_OFF,  # the default these results were made with (plugin-v1)
         }
         write_yaml(
             folder / "options.yaml",
@@ -396,7 +400,7 @@ def run_picks(args) -> int:
             "# What `mtt-transfer select` picks from the PBE0 pool",
             "",
             "Pool: the 231 training-pool frames of "
-            "`bench/results/learning_curve/splits.json` (200 MD, 31 rattled of which "
+            "`bench/results/accuracy/splits.json` (200 MD, 31 rattled of which "
             "6 by σ = 0.1 Å; 26 molecules), labels removed; `select -n 100 --seed 0`, "
             "first N picks. Random: the learning curve's orders, median [min-max] "
             "over seeds 0-2. Command: `python bench/select_labels.py --picks`.",

@@ -21,19 +21,22 @@ COLUMNS = (
 ).split()
 
 
-LEARNING_CURVE = REPO / "bench" / "results" / "learning_curve" / "results.csv"
+LEARNING_CURVE = REPO / "bench" / "results" / "accuracy" / "results.csv"
+#: the learning curve's row trained as the selections here are (the plugin's
+#: default before the training strategies: MSE loss, no weight averaging)
+LC_ROW = "plugin-v1"
 #: the name under which the learning curve's runs appear in the table
 LC_RANDOM = "random (learning curve)"
 
 
 def learning_curve_random(bench, epochs: int) -> List[dict]:
-    """The learning curve's ``plugin-default`` runs: the same configuration, split,
+    """The learning curve's ``plugin-v1`` runs: the same configuration, split,
     random orders and seeds as ``random:N`` here, already measured (their per-frame
     predictions are not kept, so no MD/rattled split)."""
     records = []
     for r in load(LEARNING_CURVE):
         if (
-            r["row"] == "plugin-default"
+            r["row"] == LC_ROW
             and r["status"] == "ok"
             and r["epochs"] == str(epochs)
             and r["N"] in ("25", "50", "100")
@@ -98,14 +101,15 @@ def markdown(results: List[dict], epochs: int, bench) -> str:
     lines = [
         "# Which frames to label: `mtt-transfer select` vs random (PBE0)",
         "",
-        "Split: `bench/results/learning_curve/splits.json` (89 test, 36 validation "
-        "frames; pool of 231). Training: `pet_transfer` defaults (`method: full`, no "
-        f"learning rate), batch 8, {epochs} epochs, from `pet_xtb.ckpt`; scored with "
-        "`mtt eval` on the 89 test frames (79 MD, 10 rattled). `random`: the "
+        "Split: `bench/results/accuracy/splits.json` (89 test, 36 validation "
+        "frames; pool of 231). Training: `pet_transfer` as its default was before "
+        "the training strategies (`method: full`, no learning rate, MSE loss, no "
+        f"weight averaging), batch 8, {epochs} epochs, from `pet_xtb.ckpt`; scored "
+        "with `mtt eval` on the 89 test frames (79 MD, 10 rattled). `random`: the "
         "learning curve's random orders (round-robin over molecules), one draw and "
-        "training seed per run; `random (learning curve)`: the same runs as made by "
-        "`bench/learning_curve.py` (row `plugin-default`, "
-        "`bench/results/learning_curve/results.csv`); selected rows: "
+        "training seed per run; `random (learning curve)`: the same training on the "
+        f"same orders, made by `bench/learning_curve.py` (row `{LC_ROW}`, "
+        "`bench/results/accuracy/results.csv`); selected rows: "
         "`mtt-transfer select` on the pool without labels, `mtt train` seed 0. "
         "Median [min-max] over runs.",
         "",

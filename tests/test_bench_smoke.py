@@ -169,6 +169,19 @@ def test_errors_are_per_atom_energies_and_per_component_forces():
     assert result["force"] == pytest.approx(600 / 9, abs=1e-9)
 
 
+def test_deviations_compare_two_models_with_the_same_definitions():
+    harness = load_harness()
+    # the old level's drift: predictions against another model's, not the labels
+    reference_energies = np.array([-1.0, 0.5])
+    reference_forces = [np.zeros((2, 3)), np.ones((1, 3))]
+    drift = harness.deviations(
+        ENERGIES, FORCES, reference_energies, reference_forces, FRAMES
+    )
+    # the same numbers as against labels equal to those predictions
+    assert drift["energy"] == pytest.approx(65.0, abs=1e-9)
+    assert drift["force"] == pytest.approx(600 / 9, abs=1e-9)
+
+
 def test_split_metrics_scores_validation_then_test_frames():
     harness = load_harness()
     # predictions come in the order of the val+test file: validation first
@@ -318,23 +331,6 @@ def test_a_best_learning_rate_at_an_edge_extends_the_grid(tmp_path):
     assert harness.search("native-full", campaign.settings, 231, results).at_edge
 
 
-def test_the_published_folders_are_never_resumed(tmp_path):
-    """Written before campaign specs (and mixing three campaigns): the command
-    refuses to add runs to them; the re-run starts from an empty folder."""
-    import json
-
-    load_harness()
-    from transfer_campaign.splits import check_or_write_record
-
-    for name in ["learning_curve", "pbe0_n100"]:
-        published = TESTS.parent / "bench" / "results" / name / "splits.json"
-        copy = tmp_path / f"{name}.json"
-        copy.write_text(published.read_text())
-        record = {**json.loads(copy.read_text()), "campaign": f"{name}.yaml"}
-        with pytest.raises(SystemExit, match=r"differs in \['campaign'\]"):
-            check_or_write_record(copy, record)
-
-
 def test_the_ladder_steps():
     harness = load_harness()
     assert harness.ladder_step(1e-3, +1) == 3e-3
@@ -358,7 +354,8 @@ def run_harness(*args, timeout=300):
 
 
 def test_tiny_campaign_writes_its_results(tmp_path, pretrained_checkpoint):
-    rows = ["native-full", "plugin-default", "zero-shot"]
+    # plugin-keep: the plugin's defaults, keeping the pretrained head
+    rows = ["native-full", "plugin-keep", "zero-shot"]
     runs = [{"rows": rows, "n": [10], "seeds": [0]}]
     spec = write_spec(tmp_path, checkpoint=pretrained_checkpoint, runs=runs)
     out = tmp_path / "out"
@@ -372,7 +369,7 @@ def test_tiny_campaign_writes_its_results(tmp_path, pretrained_checkpoint):
         records = list(csv.DictReader(stream))
     assert sorted(r["row"] for r in records) == [
         "native-full",
-        "plugin-default",
+        "plugin-keep",
         "zero-shot",
     ]
     for record in records:
@@ -388,14 +385,21 @@ def test_tiny_campaign_writes_its_results(tmp_path, pretrained_checkpoint):
         ]:
             assert math.isfinite(float(record[column])), (record["row"], column)
     # the CPU time is each child's own (two ran at once): seconds, not both summed
-    for row in ["native-full", "plugin-default"]:
+    for row in ["native-full", "plugin-keep"]:
         trained = next(r for r in records if r["row"] == row)
         assert 1 < float(trained["cpu_s"]) < 1.5 * float(trained["wall_s"])
+    # the kept head's drift from the pretrained model: measured, only where kept
+    kept = next(r for r in records if r["row"] == "plugin-keep")
+    assert float(kept["old_energy_drift_meV_atom"]) > 0
+    assert float(kept["old_force_drift_meV_A"]) > 0
+    native = next(r for r in records if r["row"] == "native-full")
+    assert native["old_force_drift_meV_A"] == ""
 
     table = (out / "results.md").read_text()
     assert f"--campaign {spec} --out {out}" in table
     assert "| zero-shot | 10 |" in table and "| native-full | 10 | 2 |" in table
-    assert "| plugin-default | 10 | 2 | default |" in table
+    assert "| plugin-keep | 10 | 2 | default |" in table
+    assert re.search(r"\| plugin-keep \| 10 \| 1 \| [0-9.]+ \| [0-9.]+ \|", table)
     # the only lr was the best: at both edges, with no extension allowed
     assert "native-full: the selected learning rate 0.001 is at an edge" in table
     assert (out / "results.png").stat().st_size > 0

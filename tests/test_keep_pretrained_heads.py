@@ -11,10 +11,11 @@ from metatomic_ase import MetatomicCalculator
 from conftest import run_mtt, transfer_options, write_yaml
 
 
-def options(epochs=4, keep=True, method="full"):
+def options(epochs=4, keep=True, method="full", on_forces=False):
     config = transfer_options(target="energy/pbe0", method=method, epochs=epochs)
     training = config["architecture"]["training"]
     training["keep_pretrained_heads"] = keep
+    training["kept_heads_on_forces"] = on_forces
     training["learning_rate"] = 1e-2  # moves the tiny backbone within a few epochs
     # the last epoch's raw weights, trained on PET's loss: with the averaged weights
     # the tiny backbone barely leaves its start in 4 epochs, and nothing drifts
@@ -72,8 +73,18 @@ def test_kept_head_stays_close_to_the_pretrained_model(workdir):
 
     log = train(workdir, options(method="full"), "model.pt")
     assert "Keeping the pretrained head 'energy' valid" in log
-    # the kept head is a target like the others: its errors are logged every epoch
-    assert "validation energy MAE (per atom)" in log
+    assert "pretrained model's own energies for the" in log
+    # the kept head is a target like the others: its errors are logged every epoch,
+    # forces included (the old level's drift), though it trains on energies only
+    header = train_csv_header(workdir)
+    assert "validation energy MAE (per atom)" in header
+    assert "validation forces MAE" in header
+    assert "training energy MAE (per atom)" in header
+    assert "training forces MAE" not in header
+    # trained without, the kept head is still an energy with forces in the model
+    checkpoint = torch.load(workdir / "model.ckpt", weights_only=False)
+    kept_info = checkpoint["model_data"]["dataset_info"].targets["energy"]
+    assert kept_info.gradients == ["positions"], kept_info.gradients
 
     # control: the same backbone under the untouched pretrained head drifts away
     # from the pretrained forces; the trained kept head stays closer
@@ -85,12 +96,25 @@ def test_kept_head_stays_close_to_the_pretrained_model(workdir):
         run_mtt(["export", f"{name}.ckpt", "-o", f"{name}.pt"], cwd=workdir)
     kept = np.abs(forces(workdir / "kept.pt", frames) - reference).mean()
     drift = np.abs(forces(workdir / "drift.pt", frames) - reference).mean()
-    # measured on this tiny PET: 28.5 vs 40.7 meV/A
-    assert kept < 0.8 * drift, (kept, drift)
+    # measured on this tiny PET: 38.0 vs 45.4 meV/A (28.5 vs 40.7 when it trains
+    # on the pretrained forces too: kept_heads_on_forces)
+    assert kept < 0.9 * drift, (kept, drift)
 
     # the new level is served next to the old one
     new = forces(workdir / "model.pt", frames[:1], "pbe0")
     assert np.all(np.isfinite(new))
+
+
+def test_kept_heads_on_forces_train_on_the_pretrained_forces(workdir):
+    log = train(workdir, options(epochs=1, on_forces=True), "model.pt")
+    assert "pretrained model's own energies and forces for the" in log
+    header = train_csv_header(workdir)
+    assert "training forces MAE" in header and "validation forces MAE" in header
+
+
+def train_csv_header(folder) -> str:
+    (csv,) = folder.glob("outputs/*/*/train.csv")
+    return csv.read_text().splitlines()[0]
 
 
 def test_with_lora_the_kept_head_is_served_frozen(workdir):
@@ -127,11 +151,12 @@ def test_with_lora_the_kept_head_is_served_frozen(workdir):
     assert adapters and any(trained[key].any() for key in adapters)
 
 
-@pytest.mark.parametrize("method", ["full", "lora"])
-def test_without_the_option_the_old_head_is_dropped(workdir, method):
+def test_without_the_option_the_old_head_is_dropped(workdir):
+    """metatrain's own behaviour (the same with ``lora``), which the plugin keeps
+    unless asked."""
     from metatomic.torch import load_atomistic_model
 
-    train(workdir, options(epochs=1, keep=False, method=method), "model.pt")
+    train(workdir, options(epochs=1, keep=False), "model.pt")
     outputs = load_atomistic_model(str(workdir / "model.pt")).capabilities().outputs
     assert "energy/pbe0" in outputs and "energy" not in outputs, list(outputs)
     # ASE, asked for the old level, refuses: only the new level is left

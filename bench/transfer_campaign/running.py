@@ -31,6 +31,7 @@ from .planning import planned_runs, searches_of
 from .scoring import (
     composition,
     cross_check,
+    deviations,
     fit_element_shifts,
     read_predictions,
     split_metrics,
@@ -190,7 +191,37 @@ def train_and_evaluate(run: Run, campaign: Campaign) -> dict:
     energies, forces = read_predictions(predictions, row.target, campaign.val_test)
     result.update(split_metrics(energies, forces, campaign))
     cross_check(energies, forces, campaign.val_test, folder / "eval.log")
+    if options["architecture"]["training"].get("keep_pretrained_heads"):
+        result.update(old_level_drift(folder, campaign))
     return {**result, "status": "ok", "error": ""}
+
+
+def old_level_drift(folder: Path, campaign: Campaign) -> dict:
+    """A run that keeps the pretrained heads: what its old level (the kept head)
+    predicts for the test frames, against the untouched pretrained model (MAEs,
+    meV/atom and meV/Å), from ``mtt eval`` of the exported model."""
+    settings, target = campaign.settings, campaign.pretrained.target
+    test = campaign.splits["test"]
+    old = folder / "old_level"
+    old.mkdir()
+    predictions, evaluated = mtt_eval(
+        folder / "model.pt", campaign.files["test"], target, old, settings
+    )
+    if evaluated.rc != 0:
+        raise RuntimeError(f"mtt eval of '{target}': {error_line(old / 'eval.log')}")
+    energies, forces = read_predictions(predictions, target, campaign.subset(test))
+    reference_energies, reference_forces, _, _ = pretrained_predictions(campaign)
+    drift = deviations(
+        energies,
+        forces,
+        reference_energies[test],
+        [reference_forces[i] for i in test],
+        campaign.subset(test),
+    )
+    return {
+        "old_energy_drift_meV_atom": drift["energy"],
+        "old_force_drift_meV_A": drift["force"],
+    }
 
 
 def pretrained_predictions(campaign: Campaign):

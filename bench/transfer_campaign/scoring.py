@@ -73,6 +73,19 @@ def errors(energies, forces, frames) -> Dict[str, float]:
     }
 
 
+def deviations(energies, forces, reference_energies, reference_forces, frames):
+    """The same MAEs as :func:`errors`, against another model's predictions."""
+    n_atoms = np.array([len(atoms) for atoms in frames])
+    force_errors = np.concatenate(
+        [np.abs(f - g).ravel() for f, g in zip(forces, reference_forces, strict=True)]
+    )
+    return {
+        "energy": 1000
+        * float(np.mean(np.abs(energies - reference_energies) / n_atoms)),
+        "force": 1000 * float(force_errors.mean()),
+    }
+
+
 def split_metrics(energies, forces, campaign: Campaign) -> Dict[str, float]:
     """Validation and test errors from predictions on the val+test file (the
     validation frames first, then the test frames)."""

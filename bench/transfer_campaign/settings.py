@@ -268,12 +268,19 @@ ROWS: Dict[str, Row] = {
     "scratch": Row(scratch, target="energy", lr="scratch", budget="scratch"),
     "native-full": Row(finetuned("pet", "full")),
     "native-heads": Row(finetuned("pet", "heads", inherit=True)),
-    "plugin-full": Row(finetuned("pet_transfer", "full", alignment=False)),
+    # the plugin with its alignment and every strategy off: must reproduce native-full
+    "plugin-full": Row(
+        finetuned("pet_transfer", "full", alignment=False, **STRATEGIES_OFF)
+    ),
     "plugin-full-align": Row(finetuned("pet_transfer", "full", alignment=True)),
     "plugin-heads": Row(finetuned("pet_transfer", "heads", inherit=True)),
     "plugin-lora": Row(finetuned("pet_transfer", "lora", inherit=True)),
-    "plugin-keep": Row(
-        finetuned("pet_transfer", "full", alignment=True, keep_pretrained_heads=True)
+    # the default keeping the pretrained energy head valid (on the pretrained
+    # energies; -forces: energies and forces), at the default's learning rate
+    "plugin-keep": Row(plugin_with(keep_pretrained_heads=True), lr="default"),
+    "plugin-keep-forces": Row(
+        plugin_with(keep_pretrained_heads=True, kept_heads_on_forces=True),
+        lr="default",
     ),
     "native-lora": Row(finetuned("pet", "lora", inherit=True)),
     "plugin-default": Row(plugin_defaults, lr="default"),

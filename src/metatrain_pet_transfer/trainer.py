@@ -1,5 +1,6 @@
 """The trainer: metatrain's PET fine-tuning, wrapped at its seams."""
 
+import contextlib
 import copy
 import logging
 import os
@@ -20,7 +21,7 @@ from .host_log import tidy_host_log
 from .model import PETTransfer
 from .parallel import distributed_pet_training, on_rank_zero, start_distributed_run
 from .recipe.alignment import align, set_existing_compositions
-from .recipe.distillation import keep_pretrained_heads
+from .recipe.distillation import EnergiesOnlyTraining, keep_pretrained_heads
 from .recipe.lora import start_lora_at_pretrained
 from .recipe.species import prepare_new_types
 from .recipe.strategies import (
@@ -96,6 +97,7 @@ class Trainer(PETTrainer):
             if hypers.get("early_stopping_patience") is None:
                 hypers["early_stopping_patience"] = DEFAULT_PATIENCE
         super().__init__(hypers)
+        self.kept_heads: List[str] = []  # `keep_pretrained_heads` (set by `train`)
 
     def train(
         self,
@@ -167,6 +169,10 @@ class Trainer(PETTrainer):
         strategies = training_strategies(
             model, self.hypers, self.best_epoch, self.best_metric
         )
+        kept_heads = contextlib.nullcontext()
+        if self.kept_heads and not self.hypers.get("kept_heads_on_forces", False):
+            kept_heads = EnergiesOnlyTraining(model, self.kept_heads)
+            strategies.append(kept_heads)
         averaging = [s for s in strategies if isinstance(s, WeightAveraging)]
         self._averaging = averaging[0] if averaging else None
         if self._averaging is not None and is_restart:
@@ -175,6 +181,7 @@ class Trainer(PETTrainer):
         try:
             with (
                 tidy_host_log(),
+                kept_heads,
                 distributed_pet_training(run),
                 watch_pet_loop(strategies, start_epoch) as watch,
             ):

@@ -4,13 +4,19 @@ With ``full`` or ``lora``, metatrain drops every pretrained head the run has no 
 for: the backbone changes under them, so they would predict nonsense. With
 ``training.keep_pretrained_heads``, those energy heads stay in the model and are
 trained on what the *pretrained* model (the one in ``finetune.read_from``, loaded
-untouched) predicts for the run's own frames: energies and forces, computed once
-before the first step ("learning without forgetting"). So:
+untouched) predicts for the run's own frames, computed once before the first step
+("learning without forgetting"). So:
 
 - the exported model still serves the old level of theory next to the new one;
-- the validation errors of the kept heads, logged every epoch like any target's,
-  measure what the transfer forgot;
+- the validation errors of the kept heads (energies and forces against the
+  pretrained model's), logged every epoch like any target's, measure what the
+  transfer forgot: the old level's drift;
 - the backbone is tied to what it knew, which regularises a transfer from few labels.
+
+By default the kept heads train on the pretrained *energies* only
+(:class:`EnergiesOnlyTraining`): a force label costs a second backward pass through
+the force computation of every step (about 1.45x the time per epoch), an energy
+label costs one head. ``kept_heads_on_forces`` trains on the forces too.
 
 Only energy heads are kept (their labels are predictions with forces); a head with a
 stress/virial gradient is kept only when every structure of the run is periodic.
@@ -32,6 +38,7 @@ from metatrain.utils.io import model_from_checkpoint
 from ..checkpoints import load_checkpoint_safely
 from ..parallel.rank_zero import on_rank_zero
 from .alignment import DatasetLike, evaluation_batches
+from .strategies.loop_events import Strategy
 
 
 logger = logging.getLogger(__name__)
@@ -170,16 +177,66 @@ def _teacher_labels(
     read_from: str,
     kept: List[str],
     splits: List[List[DatasetLike]],
+    with_forces: List[bool],
     batch_size: int,
     dtype: torch.dtype,
     device: torch.device,
 ) -> List[List[Dict[str, List[mts.TensorMap]]]]:
+    """The pretrained model's predictions for each split; with their gradients
+    (forces, stress) where ``with_forces`` says so, energies only elsewhere."""
     pretrained = load_pretrained(read_from, dtype, device)
-    targets = {name: pretrained.dataset_info.targets[name] for name in kept}
+    full = {name: pretrained.dataset_info.targets[name] for name in kept}
+    energies = {name: energies_only(info) for name, info in full.items()}
     return [
-        pretrained_predictions(pretrained, targets, datasets, batch_size, dtype)
-        for datasets in splits
+        pretrained_predictions(
+            pretrained, full if forces else energies, datasets, batch_size, dtype
+        )
+        for datasets, forces in zip(splits, with_forces, strict=True)
     ]
+
+
+def energies_only(info: TargetInfo) -> TargetInfo:
+    """``info`` without its gradients: an energy trained and predicted without
+    forces or stress."""
+    return TargetInfo(
+        layout=mts.remove_gradients(info.layout),
+        quantity=info.quantity,
+        unit=info.unit,
+        description=info.description,
+    )
+
+
+class EnergiesOnlyTraining(Strategy):
+    """The kept heads train on energies, and are validated on forces too.
+
+    PET's loop computes the gradients (forces, stress) of each energy whose
+    ``TargetInfo`` in ``model.dataset_info.targets`` has them, for training and for
+    validation alike, and builds its loss from those infos once, before the first
+    epoch. Within this block the kept heads' infos are energies-only: no force
+    computation and no force loss for them in the training steps. For each
+    validation pass their full infos are put back, so the validation errors logged
+    every epoch hold the old level's force drift too (not in the validation loss:
+    the loss was built energies-only). Leaving the block puts the full infos back
+    for good: checkpoints and the exported model keep them.
+    """
+
+    def __init__(self, model, kept: List[str]):
+        self.targets = model.dataset_info.targets  # PET reads this very dict
+        self.full = {name: self.targets[name] for name in kept}
+        self.energies = {name: energies_only(info) for name, info in self.full.items()}
+
+    def __enter__(self) -> "EnergiesOnlyTraining":
+        self.targets.update(self.energies)
+        return self
+
+    def __exit__(self, *exception) -> None:
+        self.targets.update(self.full)
+
+    def training_epoch_starts(self, epoch: int) -> None:
+        self.targets.update(self.energies)
+
+    def validation_starts(self, epoch: int) -> None:
+        self.targets.update(self.full)
 
 
 def _per_structure(
@@ -232,12 +289,15 @@ def keep_pretrained_heads(
     if not kept:
         return train_datasets, val_datasets, []
     device = next(model.parameters()).device
-    # computed once (on rank 0 of a multi-process run), the same labels everywhere
+    on_forces = hypers.get("kept_heads_on_forces", False)
+    # computed once (on rank 0 of a multi-process run), the same labels everywhere;
+    # validation always with forces: their errors are the old level's drift
     train_labels, val_labels = on_rank_zero(
         _teacher_labels,
         hypers["finetune"]["read_from"],
         kept,
         [train_datasets, val_datasets],
+        [on_forces, True],
         hypers["batch_size"],
         dtype,
         device,
@@ -248,10 +308,12 @@ def keep_pretrained_heads(
     model._stale_finetune_targets = [
         name for name in model._stale_finetune_targets if name not in kept
     ]
+    labels = "energies and forces" if on_forces else "energies"
     for name in kept:
         logger.info(
             f"Keeping the pretrained head '{name}' valid: it is trained on the "
-            f"pretrained model's own predictions for the {sum(map(len, train))} "
-            "training structures (its validation errors measure what is forgotten)"
+            f"pretrained model's own {labels} for the {sum(map(len, train))} "
+            "training structures; its validation errors (energies and forces "
+            "against the pretrained model's) are the old level's drift"
         )
     return train, val, kept
