@@ -1,6 +1,7 @@
 """``training.keep_pretrained_heads``: the old level stays served and valid."""
 
 import copy
+import re
 
 import ase.io
 import numpy as np
@@ -81,6 +82,13 @@ def test_kept_head_stays_close_to_the_pretrained_model(workdir):
     assert "validation forces MAE" in header
     assert "training energy MAE (per atom)" in header
     assert "training forces MAE" not in header
+    # the report shows that drift
+    from metatrain_pet_transfer.cli import main
+
+    assert main(["report", str(workdir), "--out", str(workdir / "report")]) == 0
+    summary = (workdir / "report" / "summary.md").read_text()
+    assert "### Old level kept (`keep_pretrained_heads`)" in summary
+    assert re.search(r"\| energy \| forces MAE \| [0-9.]+ meV/A \| [0-9.]+", summary)
     # trained without, the kept head is still an energy with forces in the model
     checkpoint = torch.load(workdir / "model.ckpt", weights_only=False)
     kept_info = checkpoint["model_data"]["dataset_info"].targets["energy"]

@@ -4,6 +4,7 @@
 part the demo reuses with models it evaluated itself.
 """
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -135,6 +136,8 @@ def write_report(
         if flags:
             lines += [""] + [" ".join(flags)]
         lines += ["", f"![learning curve]({CURVE_PNG})", ""]
+    if report.learning_curve is not None:
+        lines += _kept_heads_drift(run)
     if log_lines:
         lines += ["Alignment start (`train.log`):", "", "```"]
         lines += log_lines
@@ -167,6 +170,44 @@ def _last_epoch_table(columns, units, rows) -> List[str]:
             f"| {column} | {values[-1]:.4g} {unit} | {np.nanmin(values):.4g} {unit} |"
         )
     return lines
+
+
+_KEPT = re.compile(r"Keeping the pretrained head '([^']+)' valid")
+
+
+def _kept_heads_drift(run: Run) -> List[str]:
+    """``keep_pretrained_heads``: each kept head's validation errors against the
+    pretrained model's predictions (its labels), i.e. the old level's drift, at the
+    first and last logged epoch."""
+    if not run.train_log.is_file():
+        return []
+    kept = sorted(set(_KEPT.findall(run.train_log.read_text(errors="replace"))))
+    if not kept:
+        return []
+    columns, units, rows = read_train_csv(run.train_csv)
+    lines = [
+        "### Old level kept (`keep_pretrained_heads`)",
+        "",
+        "The kept heads against the untouched pretrained model on the validation "
+        "structures (their labels are its predictions): how far the old level "
+        "drifted.",
+        "",
+        "| head | metric | first epoch | last epoch |",
+        "|---|---|---|---|",
+    ]
+    for head in kept:
+        forces = "forces" if head == "energy" else f"forces[{head}]"
+        for metric in (f"{head} MAE (per atom)", f"{forces} MAE"):
+            column = f"validation {metric}"
+            if column not in columns:
+                continue
+            index = columns.index(column)
+            values, unit = rows[:, index], units[index]
+            lines.append(
+                f"| {head} | {metric} | {values[0]:.4g} {unit} | "
+                f"{values[-1]:.4g} {unit} |"
+            )
+    return lines + [""]
 
 
 def make_report(
