@@ -4,8 +4,8 @@ One command regenerates a results folder from nothing, from a committed campaign
 (``bench/campaigns/*.yaml``: data, checkpoint, splits, rows at which N and seeds, the
 learning-rate search and its edge rule, the epoch rule)::
 
-    python bench/learning_curve.py --campaign bench/campaigns/learning_curve.yaml \\
-        --out bench/results/learning_curve
+    python bench/learning_curve.py --campaign bench/campaigns/accuracy.yaml \\
+        --out bench/results/accuracy
 
 Results folders are written by this command only. Every trained row goes through the
 path a user takes: an ``options.yaml`` written into a run folder, ``mtt train`` and

@@ -65,7 +65,7 @@ def test_committed_campaigns_are_valid_specs(tmp_path):
         settings = harness.read_spec(spec, tmp_path / spec.stem)
         assert settings.data == TESTS.parent / "bench" / "data" / "pbe0.xyz"
         assert settings.lr_search.grid == [1e-4, 3e-4, 1e-3]
-    settings = harness.read_spec(CAMPAIGNS / "learning_curve.yaml", tmp_path / "lc")
+    settings = harness.read_spec(CAMPAIGNS / "accuracy.yaml", tmp_path / "acc")
     assert settings.seeds == [0, 1, 2]
     assert (settings.epochs, settings.scratch_epochs) == (80, 200)
     assert settings.half_epochs_from == 200
