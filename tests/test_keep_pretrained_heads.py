@@ -167,3 +167,18 @@ def test_without_the_option_the_old_head_is_dropped(workdir):
     with pytest.raises(ValueError, match="'energy' has no default variant") as refused:
         forces(workdir / "model.pt", ase.io.read(workdir / "pbe0_small.xyz", "0:1"))
     assert "energy/pbe0" in str(refused.value)
+
+
+def test_a_scale_fit_next_to_a_kept_head_stops_before_training(workdir):
+    """Without the alignment PET fits the new target's output scale on the training
+    labels, kept heads' included, and fails deep in its set-up: stop first, and
+    say what works instead."""
+    config = options(epochs=1)
+    config["architecture"]["training"]["alignment"] = False
+    write_yaml(workdir / "options.yaml", config)
+    result = run_mtt(["train", "options.yaml"], cwd=workdir, check=False)
+    log = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "training.keep_pretrained_heads: the output scale of 'energy/pbe0'" in log
+    assert "training.scale_targets: false" in log
+    assert "Epoch" not in log and not (workdir / "model.ckpt").exists()

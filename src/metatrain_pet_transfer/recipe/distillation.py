@@ -272,6 +272,32 @@ def _renumber_system(samples: Labels, system: int) -> torch.Tensor:
     return values
 
 
+def refuse_scale_fit_with_kept_heads(model, hypers: dict) -> None:
+    """Stop before training where metatrain's scale fit would meet the kept heads.
+
+    PET fits the output scale of each new target (``scale_targets``) on the training
+    labels, unless every new target has a fixed one (the alignment gives them the
+    pretrained head's). That fit reads every label of the batches, the kept heads'
+    too, and fails on them with a ``KeyError`` (they are not new targets). Measured
+    with ``alignment: false``; also the case of a new target the alignment does not
+    cover (not an energy).
+    """
+    fixed = hypers.get("fixed_scaling_weights") or {}
+    if not hypers.get("scale_targets", True) or isinstance(fixed, str):
+        return
+    unfixed = [name for name in model.scaler.new_outputs if name not in fixed]
+    if unfixed:
+        raise ValueError(
+            "training.keep_pretrained_heads: the output scale of "
+            f"{', '.join(repr(n) for n in unfixed)} would be fitted on the training "
+            "labels (training.scale_targets), which metatrain cannot do next to a "
+            "kept pretrained head. Use the alignment (training.alignment: null or "
+            "true: new energy targets start with the pretrained head's scale), set "
+            "training.scale_targets: false, or give training.fixed_scaling_weights "
+            f"for {', '.join(repr(n) for n in unfixed)}"
+        )
+
+
 def keep_pretrained_heads(
     model,
     hypers: dict,
