@@ -34,8 +34,14 @@ from pathlib import Path
 
 import yaml
 
-# bench/ is on sys.path when this script runs
-from epoch_clock import Timing, timed_training
+
+# run as a script or loaded from its path (tests/test_bench_smoke.py): its
+# neighbour epoch_clock.py must be importable either way
+BENCH = Path(__file__).resolve().parent
+if str(BENCH) not in sys.path:
+    sys.path.insert(0, str(BENCH))
+
+from epoch_clock import Timing, timed_training  # noqa: E402
 
 
 ROOT = Path(__file__).resolve().parents[1]
