@@ -59,22 +59,14 @@ def errors(energies, forces, frames) -> Dict[str, float]:
     energy error of each frame divided by its number of atoms, averaged over frames;
     the force error averaged over every Cartesian component of every atom.
     """
-    reference = np.array([atoms.info[ENERGY_KEY] for atoms in frames])
-    n_atoms = np.array([len(atoms) for atoms in frames])
-    force_errors = np.concatenate(
-        [
-            np.abs(f - atoms.arrays[FORCES_KEY]).ravel()
-            for f, atoms in zip(forces, frames, strict=True)
-        ]
-    )
-    return {
-        "energy": 1000 * float(np.mean(np.abs(energies - reference) / n_atoms)),
-        "force": 1000 * float(force_errors.mean()),
-    }
+    labels = np.array([atoms.info[ENERGY_KEY] for atoms in frames])
+    label_forces = [atoms.arrays[FORCES_KEY] for atoms in frames]
+    return deviations(energies, forces, labels, label_forces, frames)
 
 
 def deviations(energies, forces, reference_energies, reference_forces, frames):
-    """The same MAEs as :func:`errors`, against another model's predictions."""
+    """The MAEs of :func:`errors` against any reference: labels, or another model's
+    predictions (the kept heads' drift from the pretrained model)."""
     n_atoms = np.array([len(atoms) for atoms in frames])
     force_errors = np.concatenate(
         [np.abs(f - g).ravel() for f, g in zip(forces, reference_forces, strict=True)]
