@@ -136,8 +136,7 @@ def write_report(
         if flags:
             lines += [""] + [" ".join(flags)]
         lines += ["", f"![learning curve]({CURVE_PNG})", ""]
-    if report.learning_curve is not None:
-        lines += _kept_heads_drift(run)
+        lines += _kept_heads_drift(run, columns, units, rows)
     if log_lines:
         lines += ["Alignment start (`train.log`):", "", "```"]
         lines += log_lines
@@ -175,16 +174,15 @@ def _last_epoch_table(columns, units, rows) -> List[str]:
 _KEPT = re.compile(r"Keeping the pretrained head '([^']+)' valid")
 
 
-def _kept_heads_drift(run: Run) -> List[str]:
+def _kept_heads_drift(run: Run, columns, units, rows) -> List[str]:
     """``keep_pretrained_heads``: each kept head's validation errors against the
     pretrained model's predictions (its labels), i.e. the old level's drift, at the
-    first and last logged epoch."""
+    first and last logged epoch (``train.csv`` as read by the caller)."""
     if not run.train_log.is_file():
         return []
     kept = sorted(set(_KEPT.findall(run.train_log.read_text(errors="replace"))))
     if not kept:
         return []
-    columns, units, rows = read_train_csv(run.train_csv)
     lines = [
         "### Old level kept (`keep_pretrained_heads`)",
         "",
