@@ -181,4 +181,6 @@ def test_a_scale_fit_next_to_a_kept_head_stops_before_training(workdir):
     assert result.returncode != 0
     assert "training.keep_pretrained_heads: the output scale of 'energy/pbe0'" in log
     assert "training.scale_targets: false" in log
+    # before the pretrained model's pass over the data, not after it
+    assert "Keeping the pretrained head" not in log
     assert "Epoch" not in log and not (workdir / "model.ckpt").exists()

@@ -21,11 +21,7 @@ from .host_log import tidy_host_log
 from .model import PETTransfer
 from .parallel import distributed_pet_training, on_rank_zero, start_distributed_run
 from .recipe.alignment import align, set_existing_compositions
-from .recipe.distillation import (
-    EnergiesOnlyTraining,
-    keep_pretrained_heads,
-    refuse_scale_fit_with_kept_heads,
-)
+from .recipe.distillation import EnergiesOnlyTraining, keep_pretrained_heads
 from .recipe.lora import start_lora_at_pretrained
 from .recipe.species import prepare_new_types
 from .recipe.strategies import (
@@ -160,10 +156,13 @@ class Trainer(PETTrainer):
         if is_finetune and self.hypers.get("keep_pretrained_heads", False):
             # on a restart too: the kept heads need their labels again
             train_datasets, val_datasets, self.kept_heads = keep_pretrained_heads(
-                model, self.hypers, train_datasets, val_datasets, dtype
+                model,
+                self.hypers,
+                train_datasets,
+                val_datasets,
+                dtype,
+                fresh_start=not is_restart,
             )
-            if self.kept_heads and not is_restart:
-                refuse_scale_fit_with_kept_heads(model, self.hypers)
         # PET's composition and scaler fits save `composition_model.ckpt` and
         # `scaler.ckpt` in the folder they are given, before the first epoch. `mtt
         # train --restart auto` takes the newest `outputs/*/*/*.ckpt`: a run killed
