@@ -54,9 +54,13 @@ def test_metrics_table_shows_mev_for_ev_labels():
         "|---|---|---|---|",
         "| energy/pbe0 | after | 350.0 meV/atom | 150.0 meV/Å |",
     ]
-    # other units are shown as they are, unscaled
+    # other units are shown as they are, unscaled, with three significant digits
+    # under 1 (a Hartree error is 0.00x: ".1f" showed "0.0 Hartree/atom")
     other = comparison(unit="kcal/mol")
-    metrics, text = other.metrics(), metrics_table([other])
-    assert f"{metrics['energy MAE']:.1f} kcal/mol/atom" in text
-    assert f"{metrics['forces MAE']:.1f} kcal/mol/Å " in text
+    text = metrics_table([other])
+    assert "0.35 kcal/mol/atom" in text
+    assert "0.15 kcal/mol/Å " in text
     assert "1.0 kcal/mol/Å³" in text
+    hartree = comparison(unit="Hartree")
+    hartree.energy = hartree.energy_ref + np.array([0.003, 0.0])
+    assert "0.00075 Hartree/atom" in metrics_table([hartree])  # 0.003 / 2 atoms / 2

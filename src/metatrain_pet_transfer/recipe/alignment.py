@@ -9,9 +9,19 @@ optimizer step, each new energy target:
 
 - copies the heads and last layers of a pretrained energy head (through metatrain's
   own ``inherit_heads``),
-- keeps that head's output scale (``fixed_scaling_weights``),
+- keeps that head's output scale (``fixed_scaling_weights``), converted into the
+  unit the new target declares: the scaler multiplies the head's output, so a
+  target in Hartree gets the pretrained scale (eV) times eV -> Hartree, and the
+  copied head predicts in Hartree,
 - gets composition weights fitted by least squares on the *residual*: the new labels
-  minus the pretrained model's predictions (``atomic_baseline``).
+  minus the pretrained model's predictions (``atomic_baseline``), both in the
+  target's unit.
+
+Every number here is in the unit of the target's labels (metatomic's unit
+conversion between the checkpoint's unit and the declared one), as metatrain's
+losses, metrics and exported model are. Labels whose size disagrees with the
+pretrained predictions by a unit factor (Hartree data declared ``eV``) get a warning
+naming the unit they look like (:mod:`.units`).
 
 An energy target that already exists in the checkpoint (say ``energy`` with PBE0
 labels) is a trap in native metatrain, which keeps the checkpoint's composition
@@ -42,6 +52,15 @@ from metatrain.utils.per_atom import average_by_num_atoms
 from metatrain.utils.transfer import batch_to
 from torch.utils.data import DataLoader
 
+from .units import (
+    force_products,
+    format_metrics,
+    label_slope,
+    to_ev,
+    unit_factor,
+    unit_mismatch,
+)
+
 
 logger = logging.getLogger(__name__)
 
@@ -56,9 +75,17 @@ class AlignedTarget:
     source: str
     is_new: bool
     composition: Dict[int, float] = field(default_factory=dict)
-    """composition weights (eV per atom of each type) given to the target"""
+    """composition weights (target's unit per atom of each type) given to it"""
     shift: Dict[int, float] = field(default_factory=dict)
     """composition weights minus the source's: the fitted per-element shift"""
+    unit: str = ""
+    """the target's declared unit, of ``composition``, ``shift`` and ``zero_shot``"""
+    source_unit: str = ""
+    """the pretrained head's unit (the checkpoint's)"""
+    unit_factor: float = 1.0
+    """``source_unit`` -> ``unit``, applied to the pretrained head's output scale"""
+    label_slope: Optional[float] = None
+    """labels against the converted pretrained predictions (:func:`.label_slope`)"""
     zero_shot: Dict[str, Dict[str, float]] = field(default_factory=dict)
     """``{"training"|"validation": {metric name: value}}`` before any step"""
 
@@ -153,6 +180,8 @@ class _Predictions:
     predicted: np.ndarray  # (n_structures,) total energies
     rmse: RMSEAccumulator
     mae: MAEAccumulator
+    force_products: np.ndarray = field(default_factory=lambda: np.zeros(3))
+    """:func:`.units.force_products` summed over the batches"""
 
 
 def evaluation_batches(
@@ -194,19 +223,23 @@ def _predict(
     batch_size: int,
     dtype: torch.dtype,
     per_structure_targets: List[str],
+    factor: float = 1.0,
 ) -> _Predictions:
     """Run the pretrained ``source`` head (with its gradients) on the labels of
-    ``target``, as ``mtt eval`` would: raw labels, full model prediction."""
+    ``target``, as ``mtt eval`` would: raw labels, full model prediction, times
+    ``factor`` (the source's unit into the target's)."""
     type_index = {t: i for i, t in enumerate(model.atomic_types)}
     counts, labels, predicted = [], [], []
     rmse, mae = RMSEAccumulator(), MAEAccumulator()
+    products = np.zeros(3)
     for systems, targets, extra_data in evaluation_batches(
         model, datasets, batch_size, dtype, [target]
     ):
         prediction = evaluate_model(
             model, systems, {source: target_info}, is_training=False
         )[source]
-        prediction = mts.detach(prediction)
+        prediction = mts.multiply(mts.detach(prediction), factor)
+        products += force_products(targets[target], prediction)
         for system in systems:
             row = np.zeros(len(type_index))
             for atomic_type in system.types.tolist():
@@ -233,6 +266,7 @@ def _predict(
         torch.cat(predicted).reshape(-1).numpy(),
         rmse,
         mae,
+        products,
     )
 
 
@@ -309,15 +343,6 @@ def _scale(model, target: str) -> float:
     return float(model.scaler.model.scales[target].block().values.reshape(-1)[0])
 
 
-def _format(metrics: Dict[str, float]) -> str:
-    """Metrics in meV (eV in metatrain): per atom for energies and virials."""
-    parts = []
-    for name, value in metrics.items():
-        unit = "meV/A" if "positions_gradients" in name else "meV/atom"
-        parts.append(f"{name}: {1000 * value:.4g} {unit}")
-    return " | ".join(parts)
-
-
 def align(
     model,
     hypers: dict,
@@ -364,6 +389,9 @@ def align(
                 )
                 continue
             info = targets[target]
+            # the pretrained head predicts in the checkpoint's unit, the labels
+            # are in the declared one
+            factor = unit_factor(model.dataset_info.targets[source], info)
             batch_size = hypers["batch_size"]
             per_structure = hypers["per_structure_targets"]
             train, val = (
@@ -376,19 +404,23 @@ def align(
                     batch_size,
                     dtype,
                     per_structure,
+                    factor,
                 )
                 for datasets in (train_datasets, val_datasets)
             )
             shift = _fit_shift(train)
             source_weights = _composition_weights(model, source)
             composition = {
-                t: source_weights[t] + float(s)
+                t: factor * source_weights[t] + float(s)
                 for t, s in zip(model.atomic_types, shift, strict=True)
             }
             result = AlignedTarget(
                 target=target,
                 source=source,
                 is_new=target != source,
+                unit=info.unit,
+                source_unit=model.dataset_info.targets[source].unit,
+                unit_factor=factor,
                 composition=composition,
                 shift={
                     t: float(s) for t, s in zip(model.atomic_types, shift, strict=True)
@@ -399,6 +431,9 @@ def align(
                     )
                     for split, predictions in [("training", train), ("validation", val)]
                 },
+                label_slope=label_slope(
+                    train.force_products, train.counts, train.labels, train.predicted
+                ),
             )
             results.append(result)
             if result.is_new:
@@ -408,35 +443,44 @@ def align(
                 if hypers["scale_targets"] and not isinstance(
                     hypers["fixed_scaling_weights"], str
                 ):
+                    # the scaler multiplies the copied head's output: in the
+                    # target's unit
                     hypers["fixed_scaling_weights"].setdefault(
-                        target, _scale(model, source)
+                        target, factor * _scale(model, source)
                     )
             else:
                 # metatrain only fits new targets: set the existing one directly
                 _set_composition_weights(model, target, composition)
-            _log(result, train)
+            _log(result, train, model.dataset_info.length_unit)
     finally:
         model.train(was_training)
     return hypers, results
 
 
-def _log(result: AlignedTarget, train: _Predictions) -> None:
+def _log(result: AlignedTarget, train: _Predictions, length_unit: str) -> None:
     shift = np.array(list(result.shift.values()))
     per_atom = train.counts @ shift / train.counts.sum(axis=1)
     mean_shift = float(np.mean(np.abs(per_atom)))
+    unit = result.unit or "(no unit)"
+    converted = ""
+    if result.unit_factor != 1.0:
+        converted = (
+            f"; the pretrained head's {result.source_unit} converted to "
+            f"{result.unit} (x{result.unit_factor:.6g})"
+        )
     if result.is_new:
         logger.info(
             f"Alignment: '{result.target}' starts from the pretrained "
-            f"'{result.source}' "
-            f"head plus a per-element shift (mean |shift| {mean_shift:.4g} eV/atom)"
+            f"'{result.source}' head plus a per-element shift (mean |shift| "
+            f"{mean_shift:.4g} {unit}/atom{converted})"
         )
     else:
         message = (
             f"'{result.target}' exists in the checkpoint: its composition weights are "
             f"refitted on the residual of its pretrained head (mean |shift| "
-            f"{mean_shift:.4g} eV/atom)"
+            f"{mean_shift:.4g} {unit}/atom)"
         )
-        if mean_shift > 0.05:
+        if mean_shift * to_ev(result.unit) > 0.05:
             message += (
                 "; such a shift means these labels are NOT at the checkpoint's level "
                 "of theory. A new name (e.g. 'energy/<level>' or 'mtt::energy_<level>')"
@@ -445,6 +489,19 @@ def _log(result: AlignedTarget, train: _Predictions) -> None:
             logger.warning(message)
         else:
             logger.info(message)
+    likely = unit_mismatch(result.label_slope, result.unit)
+    if likely is not None:
+        logger.warning(
+            f"The labels of '{result.target}' look like {likely}, not the declared "
+            f"{result.unit}: they are {result.label_slope:.4g} times what the "
+            f"pretrained '{result.source}' head predicts once converted to "
+            f"{result.unit} (about 1 when the unit is right). Check `unit:` of "
+            f"'{result.target}' in the options (and the forces' unit: "
+            f"{result.unit}/{length_unit} is assumed)"
+        )
     for split, metrics in result.zero_shot.items():
         if metrics:
-            logger.info(f"Zero-shot {split} errors: {_format(metrics)}")
+            logger.info(
+                f"Zero-shot {split} errors: "
+                f"{format_metrics(metrics, result.unit, length_unit)}"
+            )

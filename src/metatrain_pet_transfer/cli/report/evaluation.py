@@ -2,7 +2,9 @@
 
 Models run through ``metatomic_ase.MetatomicCalculator``, the path a simulation takes,
 selecting each energy target the way ASE does (``energy`` or the variant
-``energy/<level>``, :mod:`metatrain_pet_transfer.recipe.energy_levels`). Errors are
+``energy/<level>``, :mod:`metatrain_pet_transfer.recipe.energy_levels`). ASE gives
+eV, eV/Å and eV/Å³ whatever the model's unit; the predictions are converted into the
+unit the options declare for the labels (``unit:``, Hartree for instance). Errors are
 per atom for energies and per Cartesian component for forces and stresses, in the
 labels' unit (shown in meV when the labels are in eV).
 """
@@ -117,6 +119,11 @@ def evaluate(
             forces += list(result["forces"])
             if periodic and "stress" in result:
                 stresses += list(result["stress"])
+        # ASE's eV (per Å, per Å³) into the labels' unit
+        factor = from_ev(target.unit)
+        energies = [factor * e for e in energies]
+        forces = [factor * np.asarray(f) for f in forces]
+        stresses = [factor * np.asarray(s) for s in stresses]
 
         energy_ref = []
         for atoms in label_frames:
@@ -156,6 +163,21 @@ def evaluate(
     return comparisons
 
 
+def from_ev(unit: str) -> float:
+    """The factor converting eV (what ASE returns) into ``unit``; 1 for an unknown
+    (empty) unit, which metatomic does not convert either."""
+    if not unit:
+        return 1.0
+    from metatomic.torch import unit_conversion_factor
+
+    try:
+        return float(unit_conversion_factor("eV", unit))
+    except Exception as error:
+        raise ReportError(
+            f"cannot convert eV into the labels' unit '{unit}' ({error})"
+        ) from error
+
+
 # --------------------------------------------------------------------------- tables
 
 
@@ -164,6 +186,12 @@ def display_units(target: EnergyTarget) -> tuple:
     if target.unit.lower() == "ev":
         return 1000.0, "meV/atom", "meV/Å", "meV/Å³"
     return 1.0, f"{target.unit}/atom", f"{target.unit}/Å", f"{target.unit}/Å³"
+
+
+def number(value: float) -> str:
+    """An error for display: one decimal from 1 up (``8.2``), three significant
+    digits below (``0.00153``, for Hartree)."""
+    return f"{value:.1f}" if abs(value) >= 1 else f"{value:.3g}"
 
 
 def metrics_table(comparisons: List[Comparison], markdown: bool = False) -> str:
@@ -180,7 +208,7 @@ def metrics_table(comparisons: List[Comparison], markdown: bool = False) -> str:
             ("stress MAE", stress_unit),
         ]:
             value = metrics.get(key)
-            row.append("-" if value is None else f"{scale * value:.1f} {unit}")
+            row.append("-" if value is None else f"{number(scale * value)} {unit}")
         rows.append(row)
     if all(row[4] == "-" for row in rows):
         header = header[:4]
