@@ -159,9 +159,9 @@ def test_alignment_starts_from_pretrained_plus_shift(workdir):
 def test_methods(workdir, method):
     options = transfer_options(method=method, epochs=1)
     finetune = options["architecture"]["training"]["finetune"]
-    # heads: no `config`, the plugin fills in PET's heads and last layers
-    if method == "lora":
-        finetune["config"] = {"rank": 2, "alpha": 1.0}
+    # heads, lora: no `config`, as README writes them: the plugin fills in PET's
+    # heads and last layers, and LoRA's rank 4 and alpha 8
+    assert "config" not in finetune
     log = train(workdir, options)
     assert f"Applied finetuning strategy: {method}" in log
     # metatrain's "[100.00% %]" is mended while the plugin runs PET's trainer
@@ -187,21 +187,36 @@ def test_methods(workdir, method):
         # heads keeps the pretrained head next to the new one
         assert any(k.startswith("backend.node_heads.energy.") for k in after)
     else:
-        assert any("lora" in k for k in after)
+        adapters = [k for k in after if k.endswith("lora_A.weight")]
+        assert adapters and all(after[k].shape[0] == 4 for k in adapters)  # rank 4
         assert unchanged == backbone
 
 
+HEADS_DEFAULT = {
+    "head_modules": ["node_heads", "edge_heads"],
+    "last_layer_modules": ["node_last_layers", "edge_last_layers"],
+}
+
+
 @pytest.mark.parametrize(
-    "config, expected",
+    "method, config, expected",
     [
-        (None, ["node_heads", "edge_heads"]),
-        ({}, ["node_heads", "edge_heads"]),
-        ({"head_modules": ["node_heads"]}, ["node_heads"]),
+        ("heads", None, HEADS_DEFAULT),
+        ("heads", {}, HEADS_DEFAULT),
+        (
+            "heads",
+            {"head_modules": ["node_heads"]},
+            {**HEADS_DEFAULT, "head_modules": ["node_heads"]},
+        ),
+        # README's `method: lora` without config: metatrain's schema stopped it with
+        # 7 errors (one per method); metatrain's fallbacks are rank 4, alpha 8
+        ("lora", None, {"rank": 4, "alpha": 8.0}),
+        ("lora", {"rank": 2}, {"rank": 2, "alpha": 8.0}),
     ],
 )
-def test_heads_config_defaults_to_pet_heads(pretrained_checkpoint, config, expected):
-    """What the options validator accepts and the trainer receives: a list the user
-    wrote is kept, a missing one is PET's."""
+def test_method_config_defaults(pretrained_checkpoint, method, config, expected):
+    """What the options validator accepts and the trainer receives: a key the user
+    wrote is kept, a missing one is PET's (heads) or metatrain's (LoRA)."""
     from metatrain.utils.architectures import (
         check_architecture_options,
         get_default_hypers,
@@ -210,7 +225,7 @@ def test_heads_config_defaults_to_pet_heads(pretrained_checkpoint, config, expec
 
     from metatrain_pet_transfer import Trainer
 
-    finetune = {"method": "heads", "read_from": str(pretrained_checkpoint)}
+    finetune = {"method": method, "read_from": str(pretrained_checkpoint)}
     if config is not None:
         finetune["config"] = config
     architecture = {"name": "pet_transfer", "training": {"finetune": finetune}}
@@ -222,10 +237,7 @@ def test_heads_config_defaults_to_pet_heads(pretrained_checkpoint, config, expec
     check_architecture_options(name="pet_transfer", options=options)  # no error
 
     trainer = Trainer(options["training"])
-    assert trainer.hypers["finetune"]["config"] == {
-        "head_modules": expected,
-        "last_layer_modules": ["node_last_layers", "edge_last_layers"],
-    }
+    assert trainer.hypers["finetune"]["config"] == expected
     # the options themselves are not changed
     assert options["training"]["finetune"].get("config", {}) == (config or {})
 

@@ -36,6 +36,13 @@ PET_HEADS_CONFIG = {
     "last_layer_modules": ["node_last_layers", "edge_last_layers"],
 }
 
+#: what ``method: lora`` uses when ``config`` leaves it out: the rank and alpha
+#: metatrain's ``apply_finetuning_strategy`` falls back to
+LORA_CONFIG = {"rank": 4, "alpha": 8.0}
+
+#: per method, the ``config`` keys filled in where the options leave them out
+METHOD_DEFAULTS = {"heads": PET_HEADS_CONFIG, "lora": LORA_CONFIG}
+
 
 def _check_method(finetune):
     # Runs before pydantic tries each method's schema, which would report one error
@@ -47,20 +54,24 @@ def _check_method(finetune):
                 f"training.finetune.method: unknown method {method!r}; use one of "
                 + ", ".join(repr(m) for m in FINETUNE_METHODS)
             )
-        if method == "heads":
-            finetune = with_pet_heads(finetune)
+        finetune = with_method_defaults(finetune)
     return finetune
 
 
-def with_pet_heads(finetune: dict) -> dict:
-    """``training.finetune`` with PET's heads and last layers filled in where
-    ``method: heads`` leaves ``config`` (or one of its lists) out.
+def with_method_defaults(finetune: dict) -> dict:
+    """``training.finetune`` with the method's ``config`` filled in where it is
+    left out: PET's heads and last layers for ``heads``, rank 4 and alpha 8 for
+    ``lora`` (:data:`METHOD_DEFAULTS`); a key the options give is kept.
 
-    metatrain's schema requires both lists. The options validator fills them in
-    for the check; the trainer, which receives the options as written, calls this
-    again (:class:`~metatrain_pet_transfer.trainer.Trainer`).
+    metatrain's schema requires every key of these configs (without them it reports
+    one error per method it tried). The options validator fills them in for the
+    check; the trainer, which receives the options as written, calls this again
+    (:class:`~metatrain_pet_transfer.trainer.Trainer`).
     """
-    if not isinstance(finetune, dict) or finetune.get("method") != "heads":
+    if not isinstance(finetune, dict):
+        return finetune
+    defaults = METHOD_DEFAULTS.get(finetune.get("method"))
+    if defaults is None:
         return finetune
     config = finetune.get("config")
     if config is None:
@@ -69,7 +80,10 @@ def with_pet_heads(finetune: dict) -> dict:
         return finetune  # pydantic reports the wrong type
     finetune = dict(finetune)
     finetune["config"] = {
-        **{key: list(value) for key, value in PET_HEADS_CONFIG.items()},
+        **{
+            key: list(value) if isinstance(value, list) else value
+            for key, value in defaults.items()
+        },
         **config,
     }
     return finetune
@@ -165,10 +179,11 @@ class TrainerHypers(PETTrainerHypers):
       metatrain can read, and load with ``torch.load(weights_only=True)``.
     - ``method``: ``full`` (train every weight), ``heads`` (train only the heads and
       last layers) or ``lora`` (low-rank adapters; ``config: {rank, alpha}``).
-    - ``config``: the method's settings. For ``heads`` it may be left out: it
+    - ``config``: the method's settings. It may be left out: for ``heads`` it
       defaults to PET's heads and last layers, ``{head_modules: [node_heads,
-      edge_heads], last_layer_modules: [node_last_layers, edge_last_layers]}``; a
-      list given in ``config`` replaces its default.
+      edge_heads], last_layer_modules: [node_last_layers, edge_last_layers]}``, for
+      ``lora`` to ``{rank: 4, alpha: 8}`` (metatrain's own fallbacks); a key given
+      in ``config`` replaces its default.
     - ``inherit_heads``: ``{new_target: pretrained_target}`` starts the new heads
       as copies of the pretrained ones instead of random weights.
     """

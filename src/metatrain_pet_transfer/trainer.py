@@ -16,7 +16,7 @@ from metatrain.utils.data import Dataset
 from metatrain.utils.io import check_file_extension
 
 from .checks.run_inputs import CheckedRun, check_run_inputs
-from .documentation import with_pet_heads
+from .documentation import with_method_defaults
 from .host_log import tidy_host_log
 from .model import PETTransfer
 from .parallel import distributed_pet_training, on_rank_zero, start_distributed_run
@@ -86,11 +86,11 @@ class Trainer(PETTrainer):
         return trainer
 
     def __init__(self, hypers) -> None:
-        # `method: heads` without `config`: metatrain validated a copy of the options
-        # with PET's heads filled in (documentation.py); the trainer gets them as
-        # written, so it fills them in again
+        # `method: heads` or `lora` without `config`: metatrain validated a copy of
+        # the options with the method's defaults filled in (documentation.py); the
+        # trainer gets them as written, so it fills them in again
         if "finetune" in hypers:
-            hypers = {**hypers, "finetune": with_pet_heads(hypers["finetune"])}
+            hypers = {**hypers, "finetune": with_method_defaults(hypers["finetune"])}
         if hypers.get("num_epochs", 0) is None:
             # no epoch count: train until validation stops improving
             hypers = {**hypers, "num_epochs": MAX_EPOCHS_WITHOUT_NUM_EPOCHS}

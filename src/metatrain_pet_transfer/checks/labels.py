@@ -123,9 +123,18 @@ def check_labels(section, model, guard: Optional[Guard] = None) -> List[str]:
         rms = math.sqrt(force_sum_sq[name] / max(force_count[name], 1))
         flagged = [a for a in atoms if a[3] > ISOLATED_FORCE_FRACTION * rms]
         if flagged:
-            cutoff_text = f"{cutoff:g} {model.dataset_info.length_unit}"
+            length = model.dataset_info.length_unit
+            unit = targets[name].unit if name in targets else ""
+            force_unit = f" {unit}/{length}" if unit else ""
             problems.append(
-                _isolated_message(section, name, sorted(flagged), rms, cutoff_text)
+                _isolated_message(
+                    section,
+                    name,
+                    sorted(flagged),
+                    rms,
+                    f"{cutoff:g} {length}",
+                    force_unit,
+                )
             )
     return problems
 
@@ -247,9 +256,12 @@ def _message(section, name: str, label: str, rule: str, indices: List[int]) -> s
     )
 
 
-def _isolated_message(section, name, flagged, rms: float, cutoff: str) -> str:
+def _isolated_message(
+    section, name, flagged, rms: float, cutoff: str, unit: str = ""
+) -> str:
+    """``unit``: the force labels' declared unit (`` Hartree/angstrom``), or empty"""
     listed = "; ".join(
-        f"structure {index}, atom {atom} (Z={atomic_type}): |F| = {norm:.3g}"
+        f"structure {index}, atom {atom} (Z={atomic_type}): |F| = {norm:.3g}{unit}"
         for index, atom, atomic_type, norm in flagged[:_MAX_LISTED]
     )
     more = (
@@ -261,7 +273,8 @@ def _isolated_message(section, name, flagged, rms: float, cutoff: str) -> str:
         f"{_where(section, name, 'forces')}: {len(flagged)} atom(s) of "
         f"'{section.filename}' have no neighbour within the model's cutoff "
         f"({cutoff}), so PET predicts exactly zero force on them, but their force "
-        f"labels are large (RMS force of the set: {rms:.3g}): {listed}{more}. Check "
+        f"labels are large (RMS force of the set: {rms:.3g}{unit}): {listed}{more}. "
+        "Check "
         "these structures (broken or unwrapped? positions in another unit than "
         "systems.length_unit?), or remove them"
     )
