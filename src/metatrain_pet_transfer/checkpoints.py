@@ -60,6 +60,11 @@ def load_checkpoint_safely(path: Union[str, Path]) -> Dict[str, Any]:
             f"checkpoint file '{path}' is not a torch checkpoint, or it is truncated "
             "(a torch checkpoint is a zip archive; was the file fully copied?)"
         )
+    if is_exported_model(path):
+        raise CheckpointError(
+            f"'{path}' is an exported TorchScript model, not a checkpoint. "
+            + where_is_the_checkpoint(path)
+        )
     try:
         with torch.serialization.safe_globals(_safe_globals()):
             checkpoint = torch.load(path, weights_only=True, map_location="cpu")
@@ -83,6 +88,29 @@ def load_checkpoint_safely(path: Union[str, Path]) -> Dict[str, Any]:
             f"'{path}' is not a metatrain checkpoint (no 'architecture_name' entry)"
         )
     return checkpoint
+
+
+def is_exported_model(path: Union[str, Path]) -> bool:
+    """Whether ``path`` is an exported model (``mtt export``, ``mtt train -o``): a
+    TorchScript archive, which carries compiled code and no training state."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (OSError, zipfile.BadZipFile):
+        return False
+    return any(name.endswith("/constants.pkl") for name in names)
+
+
+def where_is_the_checkpoint(exported: Union[str, Path]) -> str:
+    """Where the checkpoint of an exported model is, for messages."""
+    beside = Path(exported).with_suffix(".ckpt")
+    if beside.is_file():
+        return f"Its checkpoint is the .ckpt beside it: '{beside}'"
+    return (
+        "Use the checkpoint it was exported from: `mtt train -o NAME.pt` writes "
+        "NAME.ckpt beside it, and the run's outputs/<date>/<time>/ folder holds "
+        "model_<epoch>.ckpt"
+    )
 
 
 def _first_unsafe_line(message: str) -> str:

@@ -95,11 +95,17 @@ def _check_read_from(finetune: dict) -> dict:
     read_from = finetune.get("read_from")
     if read_from is not None:
         from .checkpoints import check_pretrained_checkpoint
+        from .checks.options_file import check_options_file
+        from .checks.stop import stop_run
 
         try:
-            check_pretrained_checkpoint(read_from)
+            checkpoint = check_pretrained_checkpoint(read_from)
         except ValueError as error:
-            raise ValueError(f"training.finetune.read_from: {error}") from None
+            # about a file, not the option's type: under `mtt train`, the message
+            # alone (checks/options_file.py), not pydantic's frame and links
+            stop_run(ValueError(f"training.finetune.read_from: {error}"))
+        # the data sections against this checkpoint, before metatrain reads the data
+        check_options_file(checkpoint, read_from)
     return finetune
 
 
@@ -112,6 +118,7 @@ def _check_restart(num_epochs: Optional[int]) -> Optional[int]:
     call = mtt_train_call()
     if call is not None and call.restart_from is not None:
         from .checkpoints import check_restart_checkpoint
+        from .checks.stop import stop_run
         from .recipe.strategies import MAX_EPOCHS_WITHOUT_NUM_EPOCHS
 
         try:
@@ -121,7 +128,7 @@ def _check_restart(num_epochs: Optional[int]) -> Optional[int]:
                 [call.checkpoint, call.output],
             )
         except ValueError as error:
-            raise ValueError(f"mtt train --restart: {error}") from None
+            stop_run(ValueError(f"mtt train --restart: {error}"))
     return num_epochs
 
 

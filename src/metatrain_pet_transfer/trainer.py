@@ -15,7 +15,8 @@ from metatrain.utils.abc import ModelInterface
 from metatrain.utils.data import Dataset
 from metatrain.utils.io import check_file_extension
 
-from .checks.run_inputs import CheckedRun, check_run_inputs
+from .checks.run_inputs import CheckedRun, RunInputError, check_run_inputs
+from .checks.stop import stop_run
 from .documentation import with_method_defaults
 from .host_log import tidy_host_log
 from .model import PETTransfer
@@ -122,15 +123,18 @@ class Trainer(PETTrainer):
                 "options_restart.yaml), and the resumed epochs draw other random "
                 "numbers than an uninterrupted run would"
             )
-        self._checked_run = on_rank_zero(
-            check_run_inputs,
-            model,
-            self.hypers,
-            train_datasets,
-            val_datasets,
-            checkpoint_dir,
-            restart_record=self._restart_record,
-        )
+        try:
+            self._checked_run = on_rank_zero(
+                check_run_inputs,
+                model,
+                self.hypers,
+                train_datasets,
+                val_datasets,
+                checkpoint_dir,
+                restart_record=self._restart_record,
+            )
+        except RunInputError as error:
+            stop_run(error)  # the message alone, not "an architecture's bug"
         if self._restart_record is not None:
             # put back when PET restores the optimizer state, after its set-up
             model.resume_random_state(self._restart_record["random_state"])

@@ -20,7 +20,7 @@ import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,8 @@ class MttTrainCall:
     restart_from: Optional[Path]
     """``--restart``: the checkpoint the run continues (``auto`` resolved as
     metatrain resolves it), or ``None``"""
+    overrides: Tuple[str, ...] = ()
+    """``-r/--override``: options given on the command line (OmegaConf dot-list)"""
 
     @property
     def checkpoint(self) -> Path:
@@ -84,4 +86,5 @@ def mtt_train_call(argv: Optional[List[str]] = None) -> Optional[MttTrainCall]:
         options=Path(arguments.options),
         output=output,
         restart_from=None if restart_from is None else Path(restart_from),
+        overrides=tuple(arguments.override_options or ()),
     )

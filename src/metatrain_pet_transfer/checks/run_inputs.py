@@ -34,6 +34,7 @@ from .guard import Guard
 from .labels import check_labels
 from .outputs import check_outputs
 from .splits import compare_with_checkpoint, fingerprint, test_datasets
+from .stop import format_problems
 
 
 logger = logging.getLogger(__name__)
@@ -146,12 +147,7 @@ def check_run_inputs(
 
     problems = _unique(problems)
     if problems:
-        listed = "\n".join(f"- {problem}" for problem in problems)
-        count = "1 problem" if len(problems) == 1 else f"{len(problems)} problems"
-        raise RunInputError(
-            f"{count} in the inputs of this run, found before any training step "
-            f"(nothing was trained, no existing file was changed):\n{listed}"
-        )
+        raise RunInputError(format_problems(problems))
     counts = [f"{value[0]} {name}" for name, value in checked.splits.items() if value]
     logger.info(f"Run inputs checked: {', '.join(counts)} structures")
     return checked

@@ -6,7 +6,6 @@ minimal allow-list). The summary holds what a user needs before writing
 composition weights, parameter counts by group, versions and fine-tuning history.
 """
 
-import zipfile
 from pathlib import Path
 from typing import Any, Dict, List
 
@@ -16,7 +15,9 @@ from ...checkpoints import (
     PET_ARCHITECTURES,
     CheckpointError,
     check_pretrained_checkpoint,
+    is_exported_model,
     load_checkpoint_safely,
+    where_is_the_checkpoint,
 )
 
 
@@ -70,15 +71,11 @@ def describe_checkpoint(path) -> Dict[str, Any]:
 def _refuse_exported_model(path) -> None:
     # an exported model (`mtt export`) is a TorchScript archive: it carries compiled
     # code and is not a checkpoint, so say that rather than "unsafe objects"
-    try:
-        with zipfile.ZipFile(path) as archive:
-            names = archive.namelist()
-    except (OSError, zipfile.BadZipFile):
-        return  # load_checkpoint_safely explains what is wrong with the file
-    if any(name.endswith("/constants.pkl") for name in names):
+    if is_exported_model(path):
         raise CheckpointError(
             f"'{path}' is an exported TorchScript model, not a checkpoint: inspect "
-            "and --verify read .ckpt files (the one it was exported from)"
+            "and --verify read .ckpt files (the one it was exported from). "
+            + where_is_the_checkpoint(path)
         )
 
 
