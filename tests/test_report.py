@@ -220,3 +220,116 @@ def test_overfitting_is_flagged_with_its_epochs():
     improving = rows.copy()
     improving[:, 3] = [300, 280, 260, 250]
     assert overfitting(columns, units, improving) == []
+
+
+def test_training_longer_restart_and_new_transfer(capsys, finished_run, tmp_path):
+    """More epochs for a finished run. ``--restart`` with a raised ``num_epochs``
+    goes on with the run's stretched schedule (the log says so); the report
+    follows the run across the restart (its epochs 0-3, the exported epoch as
+    ``train.log`` names it). A new transfer from the run's checkpoint starts a new
+    schedule at a useful learning rate."""
+    import re
+
+    import numpy as np
+
+    from metatrain_pet_transfer.cli.report import find_run
+    from metatrain_pet_transfer.cli.report.history import read_history
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished_run, run_dir)
+    options = transfer_options(epochs=4)
+    write_yaml(run_dir / "options.yaml", options)
+    result = run_mtt(
+        ["train", "options.yaml", "--restart", "model.ckpt", "-o", "longer.pt"],
+        cwd=run_dir,
+    )
+    log = result.stdout + result.stderr
+    assert "training.num_epochs is 4, the run this restart continues planned 2" in log
+    assert "about 50% of training.learning_rate" in log
+
+    assert main(["report", str(run_dir)]) == 0
+    history = read_history(find_run(run_dir))
+    assert list(history.epochs) == [0, 1, 2, 3] and history.starts == [0, 2]
+    restarted = sorted(run_dir.glob("outputs/*/*"))[-1]
+    final_log = (restarted / "train.log").read_text()
+    exported = re.findall(r"Using best model from epoch (\d+)", final_log)[-1]
+    assert history.exported == int(exported)
+    summary = (run_dir / "report" / "summary.md").read_text()
+    assert "4 logged epochs (0 to 3), a run continued once" in summary
+    assert f"weights of epoch {exported}" in summary or (
+        f"the last epoch, epoch {exported}" in summary
+    )
+    assert is_png(run_dir / "report" / "learning_curve.png")
+
+    # the documented path: a new transfer from the run's checkpoint
+    options = transfer_options(epochs=2, read_from="model.ckpt")
+    write_yaml(run_dir / "more.yaml", options)
+    result = run_mtt(["train", "more.yaml", "-o", "more.pt"], cwd=run_dir)
+    log = result.stdout + result.stderr
+    assert "'mtt::energy_pbe0' exists in the checkpoint" in log
+    rates = [float(r) for r in re.findall(r"Epoch:\s+\d+ \| learning rate: (\S+)", log)]
+    assert rates[0] >= 0.5 * options["architecture"]["training"]["learning_rate"]
+    assert np.isfinite(rates).all()
+
+
+def test_parity_axes_leave_out_a_few_extreme_points():
+    """Rattled frames with forces of tens of eV/Å stretched the force axes until
+    every other point sat in the middle: the axes cover the central 99.5%, and
+    the title counts the points outside."""
+    import numpy as np
+
+    from metatrain_pet_transfer.cli.report.plots import axis_limits
+
+    rng = np.random.default_rng(0)
+    forces = np.r_[rng.normal(0, 1.0, 2000), [20.0, -19.0, 25.0]]
+    low, high = axis_limits(forces)
+    assert -5 < low < -2 and 2 < high < 5
+    assert int(np.sum((forces < low) | (forces > high))) >= 3
+    # without extreme points, every point is shown
+    low, high = axis_limits(forces[:2000])
+    assert low < forces[:2000].min() and high > forces[:2000].max()
+
+
+@pytest.mark.parametrize("low, high", [(60.0, 85.0), (0.0025, 0.0046), (90, 2000)])
+def test_log_axes_have_enough_labelled_ticks(tmp_path, low, high):
+    """A validation error falling from 85 to 60 meV/atom got three ticks."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from metatrain_pet_transfer.cli.report.plots import MIN_TICKS, _plain_log_axis
+
+    figure, ax = plt.subplots()
+    ax.plot([0, 1], [low, high])
+    _plain_log_axis(ax)
+    figure.canvas.draw()
+    bottom, top = ax.get_ylim()
+    ticks = [t for t in ax.get_yticks() if bottom <= t <= top]
+    plt.close(figure)
+    assert len(ticks) >= MIN_TICKS, ticks
+
+
+def test_exported_epoch_follows_best_model_metric():
+    """PET keeps the epoch with the lowest product of the validation MAEs
+    (``mae_prod``), not the lowest validation loss."""
+    import numpy as np
+
+    from metatrain_pet_transfer.cli.report.history import selected_epoch
+
+    columns = [
+        "Epoch",
+        "validation loss",
+        "validation energy MAE (per atom)",
+        "validation forces MAE",
+    ]
+    rows = np.array(
+        [
+            [0, 5.0, 10.0, 300.0],  # mae_prod 3000
+            [1, 4.0, 20.0, 200.0],  # lowest loss; mae_prod 4000
+            [2, 4.5, 12.0, 220.0],  # mae_prod 2640: PET's choice
+        ]
+    )
+    assert selected_epoch(columns, rows) == 2
+    assert selected_epoch(columns, rows, "loss") == 1
+    assert selected_epoch(columns, rows, "rmse_prod") is None  # no RMSE logged

@@ -172,7 +172,8 @@ def test_bad_inputs_are_named_before_anything_is_written(
     ase.io.write(sulfur, frames)
     assert main([*args, str(sulfur), "-n", "2", "-o", str(output)]) == 2
     err = capsys.readouterr().err
-    assert f"'{sulfur}' has atomic numbers [16]" in err
+    assert f"'{sulfur}' has S (atomic numbers [16])" in err
+    assert "it knows H, C, N, O" in err
     # a missing --exclude file
     missing = tmp_path / "missing.xyz"
     assert (

@@ -127,11 +127,17 @@ def test_hartree_labels_train_the_same_model_as_ev(tmp_path):
     kept_ha, _ = ase_predictions(tmp_path / "hartree" / "model.pt", frames, None)
     np.testing.assert_allclose(kept_ha, kept_ev, rtol=1e-6)
 
-    # the report compares the model with the labels in their own unit
-    reports = {
-        unit: make_report(tmp_path / folder, data=None)
-        for unit, folder in (("eV", "ev"), ("Hartree", "hartree"))
-    }
+    # the report compares the model with the labels in their own unit; with
+    # `test_set: 0` it scores the validation split, says so, and warns nothing
+    # (np.loadtxt warned about the empty indices/test.txt)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        reports = {
+            unit: make_report(tmp_path / folder, data=None)
+            for unit, folder in (("eV", "ev"), ("Hartree", "hartree"))
+        }
     errors = {unit: r.comparisons[0].metrics() for unit, r in reports.items()}
     for metric in ("energy MAE", "forces MAE"):
         assert errors["Hartree"][metric] * HARTREE == pytest.approx(
@@ -139,6 +145,7 @@ def test_hartree_labels_train_the_same_model_as_ev(tmp_path):
         )
     summary = reports["Hartree"].summary.read_text()
     assert "Hartree/atom" in summary and "meV" not in summary.split("## Training")[0]
+    assert "The run has no test set: these errors are on its validation" in summary
 
 
 def test_a_unit_declared_wrong_is_named(tmp_path):

@@ -3,6 +3,7 @@
 import contextlib
 import copy
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -72,6 +73,7 @@ class Trainer(PETTrainer):
     _restart_record: Optional[Dict[str, Any]] = None  # of the checkpoint continued
     _averaging_state: Optional[Dict[str, Any]] = None  # of the checkpoint continued
     _averaging: Optional[WeightAveraging] = None  # the run's, with `ema_decay`
+    _planned_epochs: Optional[int] = None  # num_epochs of the checkpoint continued
 
     @classmethod
     def load_checkpoint(
@@ -84,6 +86,8 @@ class Trainer(PETTrainer):
         if context == "restart":
             trainer._restart_record = read_record(checkpoint)
             trainer._averaging_state = checkpoint.get(AVERAGING_KEY)
+            planned = checkpoint.get("train_hypers", {}).get("num_epochs")
+            trainer._planned_epochs = planned
         return trainer
 
     def __init__(self, hypers) -> None:
@@ -141,6 +145,7 @@ class Trainer(PETTrainer):
             self._say_when_resume_is_not_exact(len(train_datasets))
         if is_restart:
             restore_learning_rate_at_first_step(model, self.optimizer_state_dict)
+            self._say_when_the_schedule_was_shorter()
         is_finetune = self.hypers["finetune"]["read_from"] is not None
         new_rows_hooks = []
         if is_finetune:
@@ -248,6 +253,24 @@ class Trainer(PETTrainer):
             os.replace(temporary, path)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
+
+    def _say_when_the_schedule_was_shorter(self) -> None:
+        # `--restart` continues the run's learning-rate schedule where it stopped:
+        # with more epochs than the run planned, the added ones train near the
+        # schedule's end (PET's cosine decays to 0 at the planned last epoch)
+        planned, now = self._planned_epochs, self.hypers.get("num_epochs")
+        if isinstance(planned, int) and isinstance(now, int) and now > planned:
+            # PET's cosine over `now` epochs, at the first added one (warm-up aside)
+            fraction = 0.5 * (1 + math.cos(math.pi * planned / now))
+            logger.warning(
+                f"training.num_epochs is {now}, the run this restart continues "
+                f"planned {planned}: --restart goes on with that run's learning-rate "
+                f"schedule, stretched to {now} epochs, so the added epochs train at "
+                f"about {fraction:.0%} of training.learning_rate, falling to 0. "
+                "To train longer with a useful learning rate, start a new transfer "
+                "from the run's checkpoint (training.finetune.read_from: the .ckpt, "
+                "another -o): docs/transfer.md, 'Training longer'"
+            )
 
     def _say_when_resume_is_not_exact(self, n_training_sets: int) -> None:
         # what the record cannot reproduce (docs/reliability.md): the random state of

@@ -123,9 +123,11 @@ def options_snippet(summary: Dict[str, Any]) -> str:
         f"    length_unit: {summary['length_unit'] or 'angstrom'}",
         "  targets:",
         "    # a new name gets new heads and a new composition model, e.g.",
-        "    # mtt::energy_<level> or energy/<level>; reusing a checkpoint target",
-        f"    # name ({', '.join(summary['targets']) or name}) keeps its heads and "
-        "composition weights",
+        "    # mtt::energy_<level> or energy/<level>, in any unit; reusing a",
+        f"    # checkpoint target name ({', '.join(summary['targets']) or name}) "
+        "keeps its heads",
+        "    # and unit, and refits its composition weights on the residual of its",
+        "    # pretrained head",
         "    mtt::energy_pbe0:",
         "      quantity: energy",
         "      key: energy_pbe0  # atoms.info key",

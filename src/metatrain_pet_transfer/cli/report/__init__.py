@@ -143,6 +143,8 @@ def run(args: argparse.Namespace) -> int:
     )
     if report.comparisons:
         print(metrics_table(report.comparisons))
+    if report.caveat:
+        print(report.caveat)
     for path in (report.parity, report.learning_curve, report.summary):
         if path is not None:
             print(f"wrote {path}")

@@ -40,6 +40,8 @@ class Structures:
     frames: list
     label_frames: Dict[str, list]
     """per target, the frames holding its labels (usually ``frames`` itself)"""
+    caveat: str = ""
+    """what their errors mean, when it is not plain (the validation split)"""
 
 
 def energy_targets(options: dict) -> tuple:
@@ -91,10 +93,21 @@ def _read_frames(path: Path) -> list:
 
 
 def _indices(path: Path) -> Optional[List[int]]:
+    """The indices metatrain saved for a split; ``None`` for none (``test_set: 0``
+    leaves an empty file, which ``np.loadtxt`` would warn about)."""
     if not path.is_file():
         return None
-    values = np.loadtxt(path, dtype=int, ndmin=1)
-    return [int(i) for i in values] if len(values) else None
+    values = [int(value) for value in path.read_text().split()]
+    return values or None
+
+
+#: said under the errors when the run has no test set
+VALIDATION_CAVEAT = (
+    "The run has no test set: these errors are on its validation structures, "
+    "which chose the exported model (the epoch with the best validation error), "
+    "so they are optimistic. Give `test_set` (a fraction or a file), or pass "
+    "`--data` with structures the run never used."
+)
 
 
 def report_structures(run: Run, data: Optional[Path] = None) -> Structures:
@@ -118,7 +131,10 @@ def report_structures(run: Run, data: Optional[Path] = None) -> Structures:
             frames = _read_frames(path)
             labels = _label_frames(run, dataset, frames)
             return Structures(
-                f"{split} set `{path.name}` ({len(frames)} structures)", frames, labels
+                f"{split} set `{path.name}` ({len(frames)} structures)",
+                frames,
+                labels,
+                VALIDATION_CAVEAT if split == "validation" else "",
             )
         if isinstance(value, (int, float)) and len(training_set) == 1:
             index_file = run.outputs / "indices" / f"{split}.txt"
@@ -138,6 +154,7 @@ def report_structures(run: Run, data: Optional[Path] = None) -> Structures:
                 f"from `indices/{split}.txt`)",
                 frames,
                 labels,
+                VALIDATION_CAVEAT if split == "validation" else "",
             )
     raise ReportError(
         f"no test or validation structures found for the run in '{run.outputs}' "

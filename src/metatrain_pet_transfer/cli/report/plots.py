@@ -2,9 +2,12 @@
 
 Parity: one row per model, one column per quantity (energy, forces, stress); energies
 are per atom minus a baseline (:mod:`.baseline`: per-element energies fitted on the
-training labels), so that molecules of different composition share one axis.
-Learning curve: training and validation errors per epoch from ``train.csv``, with
-the zero-shot validation error at epoch 0.
+training labels), so that molecules of different composition share one axis. Axes
+and errors share one unit (meV for eV labels); a few extreme points (rattled
+frames) do not stretch an axis (:func:`axis_limits`), the title counts them.
+Learning curve: training and validation errors per epoch from ``train.csv`` (across
+restarts), epochs numbered as in ``train.log``, with the zero-shot validation error
+before epoch 0 and the exported epoch marked.
 """
 
 from pathlib import Path
@@ -13,8 +16,8 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from .baseline import EnergyBaseline, energy_baseline
-from .evaluation import Comparison, display_units
-from .history import read_train_csv
+from .evaluation import Comparison, display_units, number
+from .history import History
 from .runs import ReportError
 
 
@@ -73,15 +76,13 @@ def plot_parity(
                 offsets = baseline.offsets(comparison)
                 x = (comparison.energy_ref - offsets) / comparison.n_atoms
                 y = (comparison.energy - offsets) / comparison.n_atoms
-                x, y = scale * x, scale * y
             else:
                 x = getattr(comparison, f"{quantity}_ref")
                 y = getattr(comparison, quantity)
-            values[comparison.model] = (x, y, comparison)
+            # the axes in the unit of the title's error (meV for eV labels)
+            values[comparison.model] = (scale * x, scale * y, comparison)
         everything = np.concatenate([np.r_[x, y] for x, y, _ in values.values()])
-        low, high = np.min(everything), np.max(everything)
-        pad = 0.05 * (high - low or 1.0)
-        limits = (low - pad, high + pad)
+        limits = axis_limits(everything)
         for row, model in enumerate(models):
             ax = axes[row, column]
             if model not in values:
@@ -89,16 +90,25 @@ def plot_parity(
                 continue
             x, y, comparison = values[model]
             metrics = comparison.metrics()
-            raw_unit = of_target[0].target.unit
             if quantity == "energy":
                 what = "mean" if baseline.weights is None else "baseline"
-                label = f"energy − {what} ({energy_unit})"
                 unit = energy_unit
+                label = f"energy − {what} ({unit})"
             elif quantity == "forces":
-                label, unit = f"force components ({raw_unit}/Å)", force_unit
+                unit = force_unit
+                label = f"force components ({unit})"
             else:
-                label, unit = f"stress components ({raw_unit}/Å³)", stress_unit
+                unit = stress_unit
+                label = f"stress components ({unit})"
             mae = scale * metrics[f"{quantity} MAE"]
+            outside = int(
+                np.sum(
+                    (x < limits[0])
+                    | (x > limits[1])
+                    | (y < limits[0])
+                    | (y > limits[1])
+                )
+            )
             ax.plot(limits, limits, color="0.6", lw=1, zorder=0)
             ax.scatter(
                 x,
@@ -113,29 +123,53 @@ def plot_parity(
             ax.set_aspect("equal")
             ax.set_xlabel(f"reference {label}")
             ax.set_ylabel(f"predicted {label}")
-            # the error goes in the title: a box inside the axes can hide points
+            # the error and the counts go in the title: a box inside the axes can
+            # hide points
             title = f"{model}: {quantity}"
             if target != "energy":
                 title += f" of {target}"
-            ax.set_title(f"{title}\nMAE {mae:.1f} {unit}", fontsize=10)
+            count = f"{len(comparison.n_atoms)} structures"
+            if quantity != "energy":
+                count += f", {len(x)} components"
+            if outside:
+                count += f"; {outside} outside the axes"
+            ax.set_title(f"{title}\nMAE {number(mae)} {unit} ({count})", fontsize=9)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return path
 
 
+#: the share of points a parity axis shows at least; the rest (rattled frames with
+#: forces of tens of eV/Å) would squeeze every other point into the middle
+ROBUST_SHARE = 0.995
+
+
+def axis_limits(values: np.ndarray) -> tuple:
+    """Limits of a parity axis: every value, unless a few stretch it more than
+    twice the range of the central :data:`ROBUST_SHARE` of them; then that range
+    (the points outside are counted in the title)."""
+    values = values[np.isfinite(values)]
+    low, high = np.min(values), np.max(values)
+    tail = (1 - ROBUST_SHARE) / 2
+    robust_low, robust_high = np.quantile(values, [tail, 1 - tail])
+    if (high - low) > 2 * (robust_high - robust_low) > 0:
+        low, high = robust_low, robust_high
+    pad = 0.05 * (high - low or 1.0)
+    return (low - pad, high + pad)
+
+
 def plot_learning_curve(
-    train_csv: Path, path: Path, zero_shot: Optional[Dict[str, float]] = None
+    history: History, path: Path, zero_shot: Optional[Dict[str, float]] = None
 ) -> Path:
     """Training and validation metrics per epoch (MAE when logged, else RMSE), one
-    panel per metric; the zero-shot validation error as a point at epoch 0."""
+    panel per metric, epochs numbered as in ``train.log``; the zero-shot validation
+    error before epoch 0, the exported epoch and the restarts marked."""
     plt = _matplotlib()
-    columns, units, rows = read_train_csv(train_csv)
-    if len(rows) == 0:
-        raise ReportError(f"'{train_csv}' has no epoch rows: the run logged nothing")
-    epochs = rows[:, columns.index("Epoch")] + 1 if "Epoch" in columns else None
-    if epochs is None:
-        epochs = np.arange(1, len(rows) + 1)
+    from matplotlib.ticker import MaxNLocator
+
+    columns, units, rows = history.columns, history.units, history.rows
+    epochs = history.epochs
     metrics = [
         c[len("validation ") :]
         for c in columns
@@ -144,15 +178,26 @@ def plot_learning_curve(
     if any("MAE" in m for m in metrics):
         metrics = [m for m in metrics if "MAE" in m]
     if not metrics:
-        raise ReportError(f"'{train_csv}' has no validation metric columns")
+        raise ReportError(f"'{history.folders[-1]}' has no validation metric columns")
     zero_shot = zero_shot or {}
+    labels = {
+        # PET accumulates the training errors over the epoch's steps, with the
+        # weights of each step; validation runs after the epoch
+        "training": "training (during the epoch's steps)",
+        "validation": "validation (after the epoch)",
+    }
+    if history.averaged:
+        labels["training"] = "training (raw weights, during the steps)"
+        labels["validation"] = (
+            f"validation (averaged weights, ema_decay {history.averaged:g})"
+        )
 
     figure, axes = plt.subplots(
-        1, len(metrics), figsize=(4.6 * len(metrics), 3.8), squeeze=False
+        1, len(metrics), figsize=(5.0 * len(metrics), 4.6), squeeze=False
     )
     for ax, metric in zip(axes[0], metrics, strict=True):
         unit = ""
-        for split, style in (("training", "-"), ("validation", "-")):
+        for split in ("training", "validation"):
             name = f"{split} {metric}"
             if name not in columns:
                 continue
@@ -161,24 +206,38 @@ def plot_learning_curve(
             ax.plot(
                 epochs,
                 rows[:, index],
-                style,
+                "-",
                 marker="o" if len(epochs) < 30 else None,
                 ms=3,
-                label=split,
+                label=labels[split],
                 color="tab:blue" if split == "training" else "tab:red",
             )
         if metric in zero_shot:
             ax.plot(
-                [0],
+                [-1],
                 [zero_shot[metric]],
                 marker="*",
                 ms=12,
                 ls="none",
                 color="black",
-                label="zero-shot (validation)",
+                label="zero-shot (validation, before epoch 0)",
             )
             ax.axhline(zero_shot[metric], color="0.5", ls="--", lw=1)
-        ax.set_xlabel("epochs completed")
+        for start in history.starts[1:]:
+            ax.axvline(start - 0.5, color="0.4", ls=":", lw=1)
+        if len(history.starts) > 1:
+            ax.plot([], [], color="0.4", ls=":", lw=1, label="mtt train --restart")
+        if history.exported is not None:
+            ax.axvline(history.exported, color="tab:green", lw=1.5, alpha=0.7)
+            ax.plot(
+                [],
+                [],
+                color="tab:green",
+                lw=1.5,
+                label=f"exported: epoch {history.exported}",
+            )
+        ax.set_xlabel("epoch (numbered as in train.log)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         what = metric.split(" ", 1)[1] if " " in metric else metric
         what = what.replace("(per atom)", "per atom")
         ax.set_ylabel(f"{what} ({unit.replace('/A', '/Å')})" if unit else what)
@@ -192,21 +251,42 @@ def plot_learning_curve(
         if np.all(plotted[np.isfinite(plotted)] > 0):
             _plain_log_axis(ax)
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=8)
-    figure.tight_layout()
+    # one legend under the panels: inside, it hides points
+    handles, names = axes[0, 0].get_legend_handles_labels()
+    figure.legend(handles, names, loc="lower center", ncol=3, fontsize=8)
+    rows_of_legend = (len(names) + 2) // 3
+    figure.tight_layout(rect=(0, 0.06 + 0.05 * rows_of_legend, 1, 1))
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return path
 
 
+#: fewest labelled ticks a log axis gets
+MIN_TICKS = 4
+
+
 def _plain_log_axis(ax) -> None:
-    """A log y axis labelled with plain numbers (``200``, not ``2 x 10^2``)."""
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+    """A log y axis labelled with plain numbers (``200``, not ``2 x 10^2``), with at
+    least :data:`MIN_TICKS` labels however narrow its range."""
+    from matplotlib.ticker import (
+        FixedLocator,
+        FuncFormatter,
+        LogLocator,
+        MaxNLocator,
+        NullFormatter,
+    )
 
     ax.set_yscale("log")
     low, high = ax.get_ylim()
     decades = np.log10(high / low)
     subs = (1.0, 2.0, 5.0) if decades > 1.2 else (1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 7.0)
-    ax.yaxis.set_major_locator(LogLocator(base=10, subs=subs))
+    ticks = LogLocator(base=10, subs=subs).tick_values(low, high)
+    ticks = ticks[(ticks >= low) & (ticks <= high)]
+    if len(ticks) < MIN_TICKS:
+        # less than a decade: evenly spaced round numbers
+        ticks = MaxNLocator(nbins=6, steps=[1, 2, 2.5, 5, 10]).tick_values(low, high)
+        ticks = ticks[(ticks >= low) & (ticks <= high) & (ticks > 0)]
+    ax.yaxis.set_major_locator(FixedLocator(ticks))
     ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
     ax.yaxis.set_minor_formatter(NullFormatter())
+    ax.set_ylim(low, high)

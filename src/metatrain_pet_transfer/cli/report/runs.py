@@ -3,13 +3,16 @@
 ``RUN_DIR`` is either the folder where ``mtt train`` ran (its newest
 ``outputs/<date>/<time>/`` that logged epochs is used) or such an outputs folder.
 The options are read from ``options_restart.yaml`` (else ``options.yaml``) with
-metatrain's dataset expansion, so every later step sees datasets in one form.
+metatrain's dataset expansion, so every later step sees datasets in one form. A run
+continued with ``mtt train --restart`` is found back across its outputs folders
+(:func:`restart_chain`).
 """
 
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 
 class ReportError(ValueError):
@@ -122,6 +125,52 @@ def find_run(run_dir, model: Optional[Path] = None) -> Run:
     elif not Path(model).is_file():
         raise ReportError(f"model file '{model}' does not exist")
     return Run(outputs=outputs, base=base, options=options, model=model, choice=choice)
+
+
+_RESTART = re.compile(r"Restarting training from '([^']+)'")
+
+
+def restart_chain(outputs: Path, base: Path) -> List[Path]:
+    """The outputs folders of a run across its restarts, oldest first.
+
+    A restarted run's ``train.log`` names its checkpoint ("Restarting training
+    from '...'"): an epoch checkpoint lies in the outputs folder of the part it
+    continues; a final checkpoint (``-o``, beside the options) names that folder in
+    the record pet_transfer writes into it (``run_folder``).
+    """
+    chain = [outputs]
+    while len(chain) < 100:
+        previous = _continued_from(chain[0], base)
+        if previous is None or previous.resolve() in [c.resolve() for c in chain]:
+            break
+        chain.insert(0, previous)
+    return chain
+
+
+def _continued_from(outputs: Path, base: Path) -> Optional[Path]:
+    log = outputs / "train.log"
+    if not log.is_file():
+        return None
+    match = _RESTART.search(log.read_text(errors="replace"))
+    if match is None:
+        return None
+    checkpoint = Path(match.group(1))
+    if not checkpoint.is_absolute():
+        checkpoint = base / checkpoint
+    folder = checkpoint.parent.resolve()
+    if folder != outputs.resolve() and (folder / "train.csv").is_file():
+        return folder
+    from ...checkpoints import load_checkpoint_safely
+    from ...resume import RECORD_KEY
+
+    try:
+        record = load_checkpoint_safely(checkpoint).get(RECORD_KEY) or {}
+    except Exception:
+        return None  # moved or deleted since: the report shows this part alone
+    folder = record.get("run_folder")
+    if folder and (Path(folder) / "train.csv").is_file():
+        return Path(folder)
+    return None
 
 
 def _read_options(outputs: Path, base: Path) -> dict:

@@ -14,8 +14,9 @@ import numpy as np
 from .baseline import energy_baseline
 from .evaluation import Comparison, evaluate, metrics_table
 from .history import (
+    History,
     overfitting,
-    read_train_csv,
+    read_history,
     zero_shot_lines,
     zero_shot_metrics,
 )
@@ -48,6 +49,8 @@ class Report:
     summary: Optional[Path] = None
     comparisons: List[Comparison] = field(default_factory=list)
     skipped: List[str] = field(default_factory=list)
+    caveat: str = ""
+    """what the errors mean, when it is not plain"""
 
 
 def write_report(
@@ -60,6 +63,7 @@ def write_report(
     title: str = "Transfer report",
     intro: str = "",
     training: Optional[Structures] = None,
+    caveat: str = "",
 ) -> Report:
     """Write the plots and ``summary.md`` of a run into ``out``.
 
@@ -67,12 +71,21 @@ def write_report(
     :param training: the training structures and labels, for the parity plot's
         energy baseline (default: read from the run, :func:`.training_structures`)
     :param extra_sections: markdown sections appended at the end
+    :param caveat: what the errors mean, printed under them (e.g. that the
+        structures compared are the validation split, which chose the model)
     """
     out.mkdir(parents=True, exist_ok=True)
     if training is None and comparisons:
         training = training_structures(run)
-    report = Report(folder=out, run=run, comparisons=comparisons)
-    log_lines = zero_shot_lines(run.train_log)
+    report = Report(folder=out, run=run, comparisons=comparisons, caveat=caveat)
+    history: Optional[History] = None
+    try:
+        history = read_history(run)
+    except ReportError as error:
+        report.skipped.append(f"learning curve: {error}")
+    # the zero-shot errors are those of the run's first part (a restart has none)
+    first_log = history.folders[0] / "train.log" if history else run.train_log
+    log_lines = zero_shot_lines(first_log)
 
     baselines = {
         target: energy_baseline(of_target[0].target, of_target, training)
@@ -80,12 +93,13 @@ def write_report(
     }
     if comparisons:
         report.parity = plot_parity(comparisons, out / PARITY_PNG, baselines)
-    try:
-        report.learning_curve = plot_learning_curve(
-            run.train_csv, out / CURVE_PNG, zero_shot_metrics(log_lines)
-        )
-    except ReportError as error:
-        report.skipped.append(f"learning curve: {error}")
+    if history is not None:
+        try:
+            report.learning_curve = plot_learning_curve(
+                history, out / CURVE_PNG, zero_shot_metrics(log_lines)
+            )
+        except ReportError as error:
+            report.skipped.append(f"learning curve: {error}")
 
     lines = [f"# {title}", ""]
     lines += [
@@ -99,6 +113,8 @@ def write_report(
     lines += ["## Errors", ""]
     if comparisons:
         lines += [metrics_table(comparisons, markdown=True), ""]
+        if caveat:
+            lines += [caveat, ""]
         notes = [f"{c.model}: {c.note}." for c in comparisons if c.note]
         lines += [
             " ".join(
@@ -129,12 +145,12 @@ def write_report(
         ]
     lines += ["## Training", ""]
     if report.learning_curve is not None:
-        columns, units, rows = read_train_csv(run.train_csv)
-        lines += [f"{len(rows)} logged epochs (`{run.train_csv.name}`).", ""]
+        columns, units, rows = history.columns, history.units, history.rows
+        lines += [_epochs_sentence(history), ""]
         lines += _last_epoch_table(columns, units, rows)
-        flags = overfitting(columns, units, rows)
-        if flags:
-            lines += [""] + [" ".join(flags)]
+        exported = history.exported_sentence()
+        flags = overfitting(columns, units, rows, exported)
+        lines += [""] + [" ".join(flags) if flags else exported]
         lines += ["", f"![learning curve]({CURVE_PNG})", ""]
         lines += _kept_heads_drift(run, columns, units, rows)
     if log_lines:
@@ -155,6 +171,26 @@ def _by_target(comparisons: List[Comparison]) -> Dict[str, List[Comparison]]:
     for comparison in comparisons:
         grouped.setdefault(comparison.target.name, []).append(comparison)
     return grouped
+
+
+def _epochs_sentence(history: History) -> str:
+    """How many epochs were logged, and in which ``train.csv`` (one per part of
+    a run continued with ``--restart``)."""
+    epochs = history.epochs
+    text = f"{len(epochs)} logged epochs ({epochs[0]} to {epochs[-1]}"
+    if len(history.folders) == 1:
+        return text + ", `train.csv`)."
+    parts = [
+        f"`{folder.parent.name}/{folder.name}/train.csv` from epoch {start}"
+        for folder, start in zip(history.folders, history.starts, strict=True)
+    ]
+    restarts = len(history.folders) - 1
+    times = "once" if restarts == 1 else f"{restarts} times"
+    return (
+        f"{text}), a run continued {times} with `mtt train --restart`: "
+        + "; ".join(parts)
+        + "."
+    )
 
 
 def _last_epoch_table(columns, units, rows) -> List[str]:
@@ -228,7 +264,7 @@ def make_report(
     out = Path(out) if out is not None else Path(run_dir) / "report"
     targets, others = energy_targets(run.options)
     comparisons: List[Comparison] = []
-    description = "none"
+    description, caveat = "none", ""
     if targets:
         if run.model is None:
             raise ReportError(
@@ -236,10 +272,10 @@ def make_report(
                 "'model.pt', written by `mtt train`): pass --model"
             )
         structures = report_structures(run, data)
-        description = structures.description
+        description, caveat = structures.description, structures.caveat
         if before is not None:
             comparisons += evaluate(Path(before), structures, targets, "before")
         comparisons += evaluate(
             run.model, structures, targets, "after" if before else "model"
         )
-    return write_report(run, out, comparisons, description, others)
+    return write_report(run, out, comparisons, description, others, caveat=caveat)

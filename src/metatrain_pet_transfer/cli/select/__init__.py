@@ -116,9 +116,12 @@ def _select(args: argparse.Namespace) -> int:
     for path, frames in [(args.pool, pool), *[(p, excluded) for p in args.exclude]]:
         unknown = unsupported_types(model, frames)
         if unknown:
+            known = sorted(int(t) for t in model.atomic_types)
             raise SelectionError(
-                f"'{path}' has atomic numbers {unknown} the checkpoint was not "
-                f"trained on (it knows {sorted(int(t) for t in model.atomic_types)})"
+                f"'{path}' has {_elements(unknown)} (atomic numbers {unknown}), "
+                f"which the checkpoint was not trained on (it knows "
+                f"{_elements(known)}): its features of these atoms mean nothing. "
+                "A transfer (`mtt train`) extends the model to new elements"
             )
 
     ignored = label_entries(pool)
@@ -173,3 +176,10 @@ def _composition_summary(chosen, pool) -> str:
         f"{len(chosen_formulas)} of the pool's {len(pool_formulas)} chemical "
         "formulas covered"
     )
+
+
+def _elements(numbers) -> str:
+    """``[7, 16]`` -> ``N, S``."""
+    from ase.data import chemical_symbols
+
+    return ", ".join(chemical_symbols[int(z)] for z in numbers)
