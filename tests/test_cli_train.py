@@ -47,6 +47,28 @@ def test_train_export_eval_restart(workdir):
     mae_export = final_metrics(from_export.stdout + from_export.stderr)
     assert mae_checkpoint and mae_checkpoint == mae_export
 
+    # a target the checkpoint does not serve is named, with the ones it does
+    # (metatrain says only "Not all targets are within the model's supported
+    # outputs", framed as an architecture's bug)
+    targets = transfer_options()["training_set"]["targets"]
+    write_yaml(
+        workdir / "eval-energy.yaml",
+        {
+            "systems": {"read_from": "pbe0_small.xyz", "length_unit": "angstrom"},
+            "targets": {"energy": targets["mtt::energy_pbe0"]},
+        },
+    )
+    wrong = run_mtt(
+        ["eval", "model.ckpt", "eval-energy.yaml"], cwd=workdir, check=False
+    )
+    log = wrong.stdout + wrong.stderr
+    assert wrong.returncode == 1
+    assert (
+        "eval-energy.yaml: target 'energy' is not an output of 'model.ckpt'; its "
+        "energy outputs are 'mtt::energy_pbe0'" in log
+    )
+    assert "most likely originates from an architecture" not in log
+
     # --restart continues the same run with this architecture's trainer
     restarted = run_mtt(
         [

@@ -1,6 +1,6 @@
 """The model: metatrain's PET, under this architecture's name."""
 
-from typing import Any, Dict, Literal, Optional
+from typing import Any, Dict, List, Literal, Optional, Tuple
 
 from metatomic.torch import (
     AtomisticModel,
@@ -10,6 +10,7 @@ from metatomic.torch import (
 )
 from metatrain.pet import PET
 
+from .checks.eval_call import check_eval_targets
 from .recipe import species
 from .recipe.energy_levels import (
     EnergyVariants,
@@ -82,7 +83,22 @@ class PETTransfer(PET):
         if context == "export":
             # `mtt eval model.ckpt` evaluates this object directly: inference mode
             model.eval()
+            # and names a target the model does not serve before metatrain does
+            check_eval_targets(*model.served_outputs())
         return model
+
+    def served_outputs(self) -> Tuple[List[str], List[str]]:
+        """The outputs ``mtt eval`` evaluates on this object (PET's
+        ``supported_outputs``: the ``energy/<level>`` variants are the exported
+        model's), and which of them are energies."""
+        targets = self.dataset_info.targets
+        names = list(self.supported_outputs())
+        energies = [
+            name
+            for name in names
+            if name in targets and targets[name].quantity == "energy"
+        ]
+        return names, energies
 
     def export(self, metadata: Optional[ModelMetadata] = None) -> AtomisticModel:
         """PET's export, plus ``energy/<level>`` outputs for ``mtt::`` energy

@@ -1,4 +1,4 @@
-"""Stopping ``mtt train`` on bad input, with the message alone.
+"""Stopping ``mtt train`` (or ``mtt eval``) on bad input, with the message alone.
 
 An error raised through metatrain is framed as something else: raised from the
 trainer, metatrain wraps it as coming from "an architecture" whose maintainer should
@@ -28,12 +28,16 @@ def format_problems(problems: List[str]) -> str:
     )
 
 
-def stop_run(error: Exception) -> None:
+def stop_run(error: Exception, under_command: bool = False) -> None:
     """Stop ``mtt train`` on ``error``: its message is logged (``train.log`` and the
     terminal) and the process exits with status 1. Called from Python (no ``mtt
     train`` command line: metatrain's ``train_model``, the tests, an options
-    validation), ``error`` is raised instead."""
-    if mtt_train_call() is None:
+    validation), ``error`` is raised instead.
+
+    :param under_command: the caller knows the process is an ``mtt`` command (e.g.
+        ``mtt eval``)
+    """
+    if not under_command and mtt_train_call() is None:
         raise error
     logging.getLogger().error(str(error))
     raise SystemExit(1)
