@@ -132,8 +132,8 @@ def plot_parity(
             if quantity != "energy":
                 count += f", {len(x)} components"
             if outside:
-                count += f"; {outside} outside the axes"
-            ax.set_title(f"{title}\nMAE {number(mae)} {unit} ({count})", fontsize=9)
+                count += f", {outside} outside the axes"
+            ax.set_title(f"{title}\nMAE {number(mae)} {unit}\n{count}", fontsize=9)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
