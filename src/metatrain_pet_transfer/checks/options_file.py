@@ -17,7 +17,7 @@ architecture ... contact its maintainer"):
 ``training.finetune.read_from``, with the checkpoint it has just read safely): it
 reads the options file of ``mtt train``'s command line (with its ``-r`` overrides),
 as metatrain expands it, and compares it with the checkpoint and with the first
-structure of each file. Any finding stops the run there (:func:`stop_run`), before
+structure of each file. Any finding stops the run there (:func:`.stop.stop_run`), before
 a single label is read.
 """
 
