@@ -23,15 +23,19 @@ What it touches, all in memory:
   names: the checkpoint gate of ``mtt eval/export/--restart`` and the "did you mean"
   suggestion use it), ``get_architecture_path`` and ``get_architecture_name`` (point at
   the plugin's folder, so ``preload_documentation_module`` works).
-- In ``metatrain.utils.distributed.logging`` only: ``is_main_process``. metatrain
-  knows one multi-process launcher, SLURM; under torchrun (``RANK``, ``WORLD_SIZE``,
-  ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT`` all set) every process would
-  think it is the main one, and each would create its own run folder, log file and
-  exported model. The wrapper answers ``RANK == 0`` there, so ``mtt train`` under
-  torchrun behaves as under ``srun``: one run folder, one log, one export, written
-  by rank 0 (the training itself is the architecture's business:
-  ``metatrain_pet_transfer.parallel``). Outside torchrun it returns the host's
-  answer.
+- In ``metatrain.utils.distributed.logging`` only: ``is_main_process``, for
+  ``pet_transfer`` runs under torchrun only. metatrain knows one multi-process
+  launcher, SLURM; under torchrun (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
+  ``MASTER_ADDR``, ``MASTER_PORT`` all set) every process thinks it is the main
+  one, and each creates its own run folder, log file and exported model.
+  ``pet_transfer`` trains under torchrun (``metatrain_pet_transfer.parallel``), so
+  for an ``mtt train`` whose options select it the wrapper answers ``RANK == 0``:
+  one run folder, one log, one export, written by rank 0, as under ``srun``.
+  metatrain asks before it reads the options (its first question picks the run
+  folder), so the wrapper reads the architecture from the command line itself
+  (:func:`command_line_architecture`, once per process). Every other process gets
+  the host's answer: outside torchrun, and under torchrun for any other
+  architecture (a native ``name: pet`` run behaves as without the plugin).
 - Entry points are read only when metatrain asks for a name it does not have.
 
 How it steps aside: the wrappers only add what the host does not already return, and
@@ -53,6 +57,9 @@ _WRAPPED_MODULE = "metatrain.utils.architectures"
 _MAIN_PROCESS_MODULE = "metatrain.utils.distributed.logging"
 #: set by torchrun for each worker
 _TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+#: the architecture of this package that trains under torchrun: only its runs get
+#: ``RANK == 0`` from ``is_main_process``
+_TORCHRUN_ARCHITECTURE = "pet_transfer"
 
 _declared = None  # name -> module path, read lazily from the entry points
 _aliases = {}  # "metatrain.<name>" -> "<plugin module>", for names already resolved
@@ -225,7 +232,8 @@ def wrap_architecture_lookup(module):
 
 
 def wrap_main_process(module):
-    """Make ``is_main_process`` answer ``RANK == 0`` under torchrun.
+    """Make ``is_main_process`` answer ``RANK == 0`` for a ``pet_transfer`` run
+    under torchrun (module docstring).
 
     :param module: the imported ``metatrain.utils.distributed.logging`` module
     """
@@ -236,7 +244,10 @@ def wrap_main_process(module):
     def is_main_process():
         import os
 
-        if all(name in os.environ for name in _TORCHRUN_VARIABLES):
+        if (
+            all(name in os.environ for name in _TORCHRUN_VARIABLES)
+            and command_line_architecture() == _TORCHRUN_ARCHITECTURE
+        ):
             return os.environ["RANK"] == "0"
         return host()
 
@@ -244,6 +255,72 @@ def wrap_main_process(module):
     is_main_process.__wrapped__ = host
     is_main_process.__torchrun_bridge__ = True
     module.is_main_process = is_main_process
+
+
+_architectures = {}  # command line -> architecture.name of its options
+
+
+def command_line_architecture(argv=None):
+    """``architecture.name`` of the options of this process's ``mtt train`` command
+    line (``-r`` overrides included), or ``None``.
+
+    ``None`` also for options metatrain cannot read: it reports those itself.
+
+    :param argv: the command line (``sys.argv`` by default)
+    """
+    argv = tuple(sys.argv if argv is None else argv)
+    if argv not in _architectures:
+        arguments = mtt_train_arguments(argv)
+        name = None
+        if arguments is not None:
+            from metatrain.cli.train import _prepare_train_model_args
+
+            try:
+                _prepare_train_model_args(arguments)  # file + overrides, as metatrain
+                name = str(arguments.options["architecture"]["name"])
+            except Exception:
+                pass
+        _architectures[argv] = name
+    return _architectures[argv]
+
+
+class _Unparsable(Exception):
+    pass
+
+
+def mtt_train_arguments(argv=None):
+    """The arguments of ``mtt train`` in ``argv``, parsed by metatrain's own parser
+    of the sub-command, or ``None`` if ``argv`` is not an ``mtt train`` call.
+
+    :param argv: the command line (``sys.argv`` by default)
+    :return: an ``argparse.Namespace`` (``options``, ``output``, ``restart_from``,
+        ``override_options``, ...), or ``None``
+    """
+    import argparse
+    from pathlib import Path
+
+    argv = list(sys.argv if argv is None else argv)
+    if not argv or Path(argv[0]).name not in ("mtt", "mtt.exe", "__main__.py"):
+        return None
+
+    from metatrain.cli.train import _add_train_model_parser
+
+    class SilentParser(argparse.ArgumentParser):
+        # argparse prints usage and exits on an error: a command line that is not
+        # `mtt train` is no error here, just "not mtt train"
+        def error(self, message):
+            raise _Unparsable(message)
+
+    parser = SilentParser(add_help=False)
+    parser.add_argument("--debug", action="store_true")  # metatrain's global flag
+    _add_train_model_parser(parser.add_subparsers())
+    try:
+        arguments, _ = parser.parse_known_args(argv[1:])
+    except (_Unparsable, SystemExit):
+        return None
+    if getattr(arguments, "callable", None) != "train_model":
+        return None
+    return arguments
 
 
 #: class name of the start-up finder added by the ``.pth`` file (or by :func:`install`)

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import periodic_transfer, run_mtt, write_yaml
+from conftest import periodic_transfer, run_mtt, transfer_options, write_yaml
 
 
 def free_port() -> int:
@@ -136,14 +136,37 @@ def test_a_rank_that_never_comes_stops_the_others_in_bounded_time(tmp_path):
     assert 4 < waited < 20, out
 
 
-def test_main_process_under_torchrun_is_rank_zero(monkeypatch):
+def test_main_process_under_torchrun_is_rank_zero_for_pet_transfer_only(
+    tmp_path, monkeypatch
+):
+    """metatrain's ``is_main_process`` answers ``RANK == 0`` under torchrun for an
+    ``mtt train`` whose options select ``pet_transfer`` (one run folder, written by
+    rank 0), and metatrain's own answer (every process) for any other run."""
     from metatrain.utils.distributed.logging import is_main_process
 
+    transfer = write_yaml(tmp_path / "transfer.yaml", transfer_options())
+    native = {**transfer_options(), "architecture": {"name": "pet"}}
+    native = write_yaml(tmp_path / "native.yaml", native)
+    mtt = str(Path(sys.executable).parent / "mtt")
     for name, value in torchrun_env(1, 2, 29500).items():
         monkeypatch.setenv(name, value)
+    monkeypatch.setattr(sys, "argv", [mtt, "train", str(transfer)])
     assert not is_main_process()
     monkeypatch.setenv("RANK", "0")
     assert is_main_process()
+    monkeypatch.setenv("RANK", "1")
+    # a native run: every process is a main one, as metatrain decides without us
+    monkeypatch.setattr(sys, "argv", [mtt, "train", str(native)])
+    assert is_main_process()
+    # the architecture the command line's overrides select counts
+    monkeypatch.setattr(
+        sys, "argv", [mtt, "train", str(native), "-r", "architecture.name=pet_transfer"]
+    )
+    assert not is_main_process()
+    for argv in (["python", "-c", "pass"], [mtt, "eval", "model.pt", "eval.yaml"]):
+        monkeypatch.setattr(sys, "argv", argv)  # not `mtt train`
+        assert is_main_process()
+    monkeypatch.setattr(sys, "argv", [mtt, "train", str(transfer)])
     monkeypatch.delenv("RANK")  # not torchrun any more: metatrain's own answer
     assert is_main_process()
 

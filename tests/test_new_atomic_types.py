@@ -2,6 +2,7 @@
 and O only, transferred to PBE0 frames that contain nitrogen."""
 
 import shutil
+import sys
 
 import ase.io
 import pytest
@@ -59,13 +60,14 @@ def restarted_on_nitrogen(hco_checkpoint):
 
     from metatrain.utils.io import model_from_checkpoint
 
-    import metatrain_pet_transfer  # noqa: F401  (routes PET.restart)
+    from metatrain_pet_transfer.model import PETTransfer
 
     checkpoint, _ = state(hco_checkpoint)
     pretrained = model_from_checkpoint(checkpoint, context="finetune")
     info = copy.deepcopy(pretrained.dataset_info)
     info.atomic_types = HCNO
-    return pretrained, pretrained.restart(info)
+    # outside an `mtt train` run, only the plugin's class extends (restart_route.py)
+    return pretrained, PETTransfer.adopt(pretrained).restart(info)
 
 
 def test_extension_keeps_every_old_entry(hco_checkpoint):
@@ -155,6 +157,60 @@ def test_default_initialisation_is_documented():
     from metatrain_pet_transfer.recipe.species import DEFAULT_INITIALISATION
 
     assert TrainerHypers.new_atomic_types_init == DEFAULT_INITIALISATION
+
+
+# ------------------------------------------------------- other architectures' runs
+
+#: `mtt train` in a process that imported the plugin first, for each options file
+#: given; metatrain's error ends each run (exit code 1), the loop goes on
+NATIVE_RUNS = """
+import sys
+
+import metatrain_pet_transfer  # noqa: F401
+from metatrain.__main__ import main
+from metatrain.pet import PET
+
+assert hasattr(PET.restart, "__wrapped__")  # the plugin's route is in place
+for options in sys.argv[1:]:
+    sys.argv = ["mtt", "train", options]
+    try:
+        main()
+    except SystemExit as stop:
+        print(f"{options}: exit code {stop.code}")
+"""
+
+
+def test_native_pet_runs_keep_pets_error_with_the_plugin_imported(
+    tmp_path, hco_checkpoint
+):
+    """A ``name: pet`` fine-tune from the H/C/O checkpoint on data with N stops with
+    metatrain's own error in a process that imported the plugin: from the native
+    checkpoint, and from the same checkpoint written under ``pet_transfer``'s name
+    (which loads as a ``PETTransfer``)."""
+    import metatomic.torch  # noqa: F401  (classes stored in the checkpoint)
+
+    shutil.copy(DATA / "pbe0_small.xyz", tmp_path)
+    shutil.copy(hco_checkpoint, tmp_path / "native.ckpt")
+    checkpoint = torch.load(hco_checkpoint, weights_only=False)
+    checkpoint["architecture_name"] = "pet_transfer"
+    torch.save(checkpoint, tmp_path / "transfer.ckpt")
+    for name in ("native", "transfer"):
+        options = transfer_options(target="energy", read_from=f"{name}.ckpt")
+        options["architecture"]["name"] = "pet"
+        write_yaml(tmp_path / f"{name}.yaml", options)
+    result = run_mtt(
+        ["native.yaml", "transfer.yaml"],
+        cwd=tmp_path,
+        launcher=(sys.executable, "-c", NATIVE_RUNS),
+    )
+    log = result.stdout + result.stderr
+    pet_error = (
+        "New atomic types found in the dataset: [7]. The PET model does not support "
+        "adding new atomic types."
+    )
+    assert log.count(pet_error) == 2, log[-3000:]
+    assert "native.yaml: exit code 1" in log and "transfer.yaml: exit code 1" in log
+    assert "New atomic types: N (7)" not in log  # the plugin's extension never ran
 
 
 # ------------------------------------------------------------ mtt train, per method

@@ -10,6 +10,7 @@ from metatomic.torch import (
 )
 from metatrain.pet import PET
 
+from . import restart_route
 from .checks.eval_call import check_eval_targets
 from .recipe import species
 from .recipe.energy_levels import (
@@ -18,14 +19,8 @@ from .recipe.energy_levels import (
     energy_variant_aliases,
     variant_output,
 )
+from .restart_route import ARCHITECTURE_NAME
 from .resume import restore_random_state
-
-
-ARCHITECTURE_NAME = "pet_transfer"
-
-# a fine-tuning dataset with elements the checkpoint lacks reaches
-# `PETTransfer.restart` instead of PET's error (recipe/species.py explains the seam)
-species.route_new_types()
 
 
 class PETTransfer(PET):
@@ -60,7 +55,8 @@ class PETTransfer(PET):
         self, dataset_info, model_hypers: Optional[Dict[str, Any]] = None
     ) -> "PETTransfer":
         """PET's ``restart``, after extending the model to atomic types of the
-        dataset it does not know (:mod:`.recipe.species`).
+        dataset it does not know (:mod:`.recipe.species`), in a run that selected
+        ``pet_transfer`` (:mod:`.restart_route`; elsewhere PET's error stands).
 
         The extended model is a new object (PET's ``restart`` returns the model
         ``mtt train`` trains); it lists the added types in ``extended_atomic_types``
@@ -68,10 +64,12 @@ class PETTransfer(PET):
         """
         model = self
         added = species.new_atomic_types(self, dataset_info)
-        if added:
+        if added and restart_route.extends_new_types(model_is_pet_transfer=True):
             model = species.extend_atomic_types(self, added)
             model.extended_atomic_types = added
-        return species.HOST_RESTART(model, dataset_info, model_hypers=model_hypers)
+        return restart_route.HOST_RESTART(
+            model, dataset_info, model_hypers=model_hypers
+        )
 
     @classmethod
     def load_checkpoint(
@@ -175,3 +173,8 @@ class PETTransfer(PET):
         """Put back ``state`` (:func:`.resume.capture_random_state`) when PET's
         trainer next reads :attr:`has_new_targets`."""
         self.__dict__["_random_state_to_resume"] = state
+
+
+# in a run that selected pet_transfer, a native PET whose data bring elements its
+# checkpoint lacks reaches `PETTransfer.restart` instead of PET's error
+restart_route.route_new_types(PETTransfer)

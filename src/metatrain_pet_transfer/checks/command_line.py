@@ -15,8 +15,6 @@ command line to read: :func:`mtt_train_call` returns ``None`` and the checks tha
 need it are skipped.
 """
 
-import argparse
-import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,40 +41,20 @@ class MttTrainCall:
         return self.output.with_suffix(".ckpt")
 
 
-class _Unparsable(Exception):
-    pass
-
-
-class _SilentParser(argparse.ArgumentParser):
-    # argparse prints usage and exits on an error: a command line that is not `mtt
-    # train` is no error here, just "not mtt train"
-    def error(self, message):
-        raise _Unparsable(message)
-
-
 def mtt_train_call(argv: Optional[List[str]] = None) -> Optional[MttTrainCall]:
     """The ``mtt train`` command line of this process, if it is one.
 
     :param argv: the command line (``sys.argv`` by default)
     :return: the files it names, or ``None`` if it is not an ``mtt train`` call
     """
-    from metatrain.cli.train import _add_train_model_parser
-
-    argv = list(sys.argv if argv is None else argv)
-    if not argv or Path(argv[0]).name not in ("mtt", "mtt.exe", "__main__.py"):
-        return None
-    parser = _SilentParser(add_help=False)
-    parser.add_argument("--debug", action="store_true")  # metatrain's global flag
-    subparsers = parser.add_subparsers()
-    _add_train_model_parser(subparsers)
-    try:
-        arguments, _ = parser.parse_known_args(argv[1:])
-    except (_Unparsable, SystemExit):
-        return None
-    if getattr(arguments, "callable", None) != "train_model":
-        return None
     from metatrain.utils.io import check_file_extension
 
+    # the bridge reads the command line too, before metatrain reads the options
+    from _metatrain_pet_transfer_bridge import mtt_train_arguments
+
+    arguments = mtt_train_arguments(argv)
+    if arguments is None:
+        return None
     with warnings.catch_warnings():  # metatrain warns about it itself
         warnings.simplefilter("ignore")
         # `train_model` appends `.pt` to an output without it

@@ -13,20 +13,10 @@ by period and group, or PET's own ``random`` initialisation), and
 :func:`train_new_rows` lets ``heads`` and ``lora`` train those rows while the
 backbone, old rows included, stays frozen.
 
-**The seam.** ``mtt train`` loads the pretrained model with the class the checkpoint
-names (``pet`` for a native checkpoint) and calls its ``restart`` before the
-architecture's trainer exists, so nothing of ``pet_transfer`` runs between loading and
-the error. Three in-memory places could take the model over first: the checkpoint's
-``architecture_name`` (a user's file: not ours to rewrite), the
-``model_from_checkpoint`` used by ``cli/train.py`` (would re-class every fine-tuned
-model, in every context), or ``PET.restart`` itself. :func:`route_new_types` wraps
-``PET.restart`` once, when ``pet_transfer`` is imported (that is, only in a process
-that selected this architecture or reads one of its checkpoints): for a dataset
-without new types, or a model that is already a ``PETTransfer``, it calls PET's own
-method unchanged; only where PET would raise does it hand the model to
-``PETTransfer.restart``, which extends it and then calls PET's ``restart`` (kept as
-:data:`HOST_RESTART`). Nothing on disk changes, and a native ``name: pet`` run that
-never imports the plugin keeps PET's error.
+**Where the model is extended.** ``mtt train`` calls the pretrained model's
+``restart`` before the trainer exists; :mod:`metatrain_pet_transfer.restart_route`
+sends a run that selected ``pet_transfer`` to ``PETTransfer.restart``, which calls
+:func:`extend_atomic_types`; any other run gets PET's error.
 
 **Heads and LoRA.** metatrain's ``apply_finetuning_strategy`` freezes parameters by
 name (``requires_grad = False`` on everything but the head, last-layer or ``lora_``
@@ -46,7 +36,6 @@ from typing import Dict, List, Sequence
 
 import metatensor.torch as mts
 import torch
-from metatrain.pet import PET
 from metatrain.pet.modules.backend import PETBackend
 from metatrain.pet.modules.finetuning import apply_finetuning_strategy
 
@@ -57,8 +46,6 @@ logger = logging.getLogger(__name__)
 INITIALISATIONS = ("mean", "nearest", "random")
 #: the default of ``training.new_atomic_types_init`` (chosen by bench/new_elements.py)
 DEFAULT_INITIALISATION = "mean"
-#: PET's own ``restart``, called by ``PETTransfer.restart`` after the extension
-HOST_RESTART = PET.restart
 
 #: index maps, rebuilt by metatrain's constructor for the union of types
 _INDEX_MAPS = ("species_to_species_index", "type_to_index")
@@ -405,28 +392,6 @@ def prepare_new_types(model, hypers: dict, is_fresh_start: bool) -> list:
             if t not in pretrained_atomic_types(finetune["read_from"])
         ]
     return train_new_rows(model, added) if added else []
-
-
-# -------------------------------------------------------------------------- the route
-
-
-def route_new_types() -> None:
-    """Wrap ``PET.restart`` so that a dataset with new types reaches
-    ``PETTransfer.restart`` instead of PET's error (module docstring). Idempotent."""
-    if getattr(PET.restart, "__pet_transfer_route__", False):
-        return
-
-    def restart(self, dataset_info, model_hypers=None):
-        from ..model import PETTransfer
-
-        if not isinstance(self, PETTransfer) and new_atomic_types(self, dataset_info):
-            return PETTransfer.adopt(self).restart(dataset_info, model_hypers)
-        return HOST_RESTART(self, dataset_info, model_hypers=model_hypers)
-
-    restart.__doc__ = HOST_RESTART.__doc__
-    restart.__wrapped__ = HOST_RESTART
-    restart.__pet_transfer_route__ = True
-    PET.restart = restart
 
 
 def describe(types: Sequence[int]) -> str:
