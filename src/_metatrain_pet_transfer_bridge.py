@@ -296,6 +296,17 @@ def mtt_train_arguments(argv=None):
     :return: an ``argparse.Namespace`` (``options``, ``output``, ``restart_from``,
         ``override_options``, ...), or ``None``
     """
+    from metatrain.cli.train import _add_train_model_parser
+
+    return mtt_arguments(argv, _add_train_model_parser, "train_model")
+
+
+def mtt_arguments(argv, add_parser, command):
+    """The arguments of the ``mtt`` sub-command that ``add_parser`` (metatrain's
+    own) adds, or ``None`` if ``argv`` (``sys.argv`` by default) is another call.
+
+    :param command: the sub-command's ``callable`` (``train_model``, ``eval_model``)
+    """
     import argparse
     from pathlib import Path
 
@@ -303,22 +314,20 @@ def mtt_train_arguments(argv=None):
     if not argv or Path(argv[0]).name not in ("mtt", "mtt.exe", "__main__.py"):
         return None
 
-    from metatrain.cli.train import _add_train_model_parser
-
     class SilentParser(argparse.ArgumentParser):
         # argparse prints usage and exits on an error: a command line that is not
-        # `mtt train` is no error here, just "not mtt train"
+        # this sub-command is no error here, just "not this call"
         def error(self, message):
             raise _Unparsable(message)
 
     parser = SilentParser(add_help=False)
     parser.add_argument("--debug", action="store_true")  # metatrain's global flag
-    _add_train_model_parser(parser.add_subparsers())
+    add_parser(parser.add_subparsers())
     try:
         arguments, _ = parser.parse_known_args(argv[1:])
     except (_Unparsable, SystemExit):
         return None
-    if getattr(arguments, "callable", None) != "train_model":
+    if getattr(arguments, "callable", None) != command:
         return None
     return arguments
 

@@ -10,11 +10,9 @@ the plugin; a ``.ckpt`` of this architecture is loaded by
 :func:`check_eval_targets` first.
 """
 
-import sys
 from pathlib import Path
 from typing import List, Optional
 
-from .command_line import _SilentParser, _Unparsable
 from .stop import stop_run
 
 
@@ -23,17 +21,10 @@ def eval_options(argv: Optional[List[str]] = None) -> Optional[tuple]:
     is one."""
     from metatrain.cli.eval import _add_eval_model_parser
 
-    argv = list(sys.argv if argv is None else argv)
-    if not argv or Path(argv[0]).name not in ("mtt", "mtt.exe", "__main__.py"):
-        return None
-    parser = _SilentParser(add_help=False)
-    parser.add_argument("--debug", action="store_true")  # metatrain's global flag
-    _add_eval_model_parser(parser.add_subparsers())
-    try:
-        arguments, _ = parser.parse_known_args(argv[1:])
-    except (_Unparsable, SystemExit):
-        return None
-    if getattr(arguments, "callable", None) != "eval_model":
+    from _metatrain_pet_transfer_bridge import mtt_arguments
+
+    arguments = mtt_arguments(argv, _add_eval_model_parser, "eval_model")
+    if arguments is None:
         return None
     return Path(arguments.path), Path(arguments.options)
 
