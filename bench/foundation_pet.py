@@ -276,13 +276,23 @@ class Results:
                 ratio = (
                     f"{statistics.median(ratios):.3f} "
                     f"({min(ratios):.3f}-{max(ratios):.3f})"
-                    if ratios and not any(math.isnan(r) for r in ratios)
+                    if ratios
+                    and key != "passes"  # native: PET's set-up only, ~0 s
+                    and not any(math.isnan(r) for r in ratios)
                     else "-"
                 )
                 lines.append(
                     f"| {label} ({unit}) | {statistics.median(native):.3g} | "
                     f"{statistics.median(plugin):.3g} | {ratio} |"
                 )
+            passes = [
+                p["pet_transfer"]["passes"] / p["pet_transfer"]["epoch"] for p in pairs
+            ]
+            lines += [
+                "",
+                "The plugin's passes before PET's loop: "
+                f"{statistics.median(passes):.2f} of its epochs (median).",
+            ]
         if data.get("startup"):
             lines += [
                 "",
