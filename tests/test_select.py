@@ -8,6 +8,7 @@ from pathlib import Path
 import ase.io
 import numpy as np
 import pytest
+import torch
 
 from metatrain_pet_transfer.cli import main
 from metatrain_pet_transfer.cli.select.features import AtomDescriptors
@@ -56,6 +57,8 @@ def selection(tmp_path_factory, pretrained_checkpoint):
 def test_select_writes_chosen_structures_with_every_entry(selection):
     folder, result = selection
     assert "pool: 40 structures" in result.stdout
+    # by default on the GPU when there is one
+    assert f"on {'cuda' if torch.cuda.is_available() else 'cpu'})" in result.stdout
     # the labels are named as ignored in the printout
     assert "energy_pbe0" in result.stdout and "forces_pbe0" in result.stdout
     assert "structures/s" in result.stdout
@@ -183,6 +186,17 @@ def test_bad_inputs_are_named_before_anything_is_written(
         == 2
     )
     assert f"--exclude file '{missing}' does not exist" in capsys.readouterr().err
+    # a device torch does not know, and CUDA where there is none
+    assert (
+        main([*args, str(POOL), "-n", "2", "-o", str(output), "--device", "gpu"]) == 2
+    )
+    assert "--device gpu: " in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert (
+            main([*args, str(POOL), "-n", "2", "-o", str(output), "--device", "cuda"])
+            == 2
+        )
+        assert "--device cuda: torch sees no CUDA device" in capsys.readouterr().err
     assert not output.exists()
 
 

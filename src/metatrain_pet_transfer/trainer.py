@@ -52,6 +52,12 @@ DEFAULT_PATIENCE = 20
 AVERAGING_KEY = "pet_transfer_weight_averaging"
 
 
+def training_device(devices: List[torch.device], run) -> torch.device:
+    """The device PET's loop trains on: this process's GPU under torchrun or srun,
+    else the first of metatrain's ``devices`` (as PET's trainer picks it)."""
+    return run.device if run is not None else devices[0]
+
+
 class Trainer(PETTrainer):
     """Transfers a pretrained PET to new targets with metatrain's PET trainer.
 
@@ -147,6 +153,9 @@ class Trainer(PETTrainer):
             restore_learning_rate_at_first_step(model, self.optimizer_state_dict)
             self._say_when_the_schedule_was_shorter()
         is_finetune = self.hypers["finetune"]["read_from"] is not None
+        # the plugin's passes (new rows, alignment, teacher labels) run where PET's
+        # loop will train: the model goes there first, as PET's loop would take it
+        model.to(device=training_device(devices, run))
         new_rows_hooks = []
         if is_finetune:
             # after a `--restart`, the rows exist: only heads/lora need their hooks

@@ -228,7 +228,6 @@ def _predict(
     """Run the pretrained ``source`` head (with its gradients) on the labels of
     ``target``, as ``mtt eval`` would: raw labels, full model prediction, times
     ``factor`` (the source's unit into the target's)."""
-    type_index = {t: i for i, t in enumerate(model.atomic_types)}
     counts, labels, predicted = [], [], []
     rmse, mae = RMSEAccumulator(), MAEAccumulator()
     products = np.zeros(3)
@@ -240,11 +239,7 @@ def _predict(
         )[source]
         prediction = mts.multiply(mts.detach(prediction), factor)
         products += force_products(targets[target], prediction)
-        for system in systems:
-            row = np.zeros(len(type_index))
-            for atomic_type in system.types.tolist():
-                row[type_index[atomic_type]] += 1
-            counts.append(row)
+        counts.append(type_counts(systems, model.atomic_types))
         labels.append(targets[target].block().values.detach().cpu().double())
         predicted.append(prediction.block().values.detach().cpu().double())
         # the energies' errors are recomputed with the shift; these are for the
@@ -259,15 +254,24 @@ def _predict(
         mae.update(averaged, label, extra_data)
     if not counts:
         empty = np.zeros(0)
-        return _Predictions(np.zeros((0, len(type_index))), empty, empty, rmse, mae)
+        n_types = len(model.atomic_types)
+        return _Predictions(np.zeros((0, n_types)), empty, empty, rmse, mae)
     return _Predictions(
-        np.array(counts),
+        np.concatenate(counts),
         torch.cat(labels).reshape(-1).numpy(),
         torch.cat(predicted).reshape(-1).numpy(),
         rmse,
         mae,
         products,
     )
+
+
+def type_counts(systems, atomic_types: List[int]) -> np.ndarray:
+    """(structures, types) atom counts of a batch, counted where the systems are:
+    one copy to the host per batch, not one per structure."""
+    known = torch.tensor(atomic_types, device=systems[0].types.device)
+    rows = [(system.types.reshape(-1, 1) == known).sum(dim=0) for system in systems]
+    return torch.stack(rows).cpu().numpy().astype(np.float64)
 
 
 def _fit_shift(predictions: _Predictions) -> np.ndarray:
@@ -316,7 +320,9 @@ def _set_composition_weights(model, target: str, weights: Dict[int, float]) -> N
     tensor_map = composition.model.weights[target]
     values = tensor_map.block().values
     values[:] = torch.tensor(
-        [weights[t] for t in model.atomic_types], dtype=values.dtype
+        [weights[t] for t in model.atomic_types],
+        dtype=values.dtype,
+        device=values.device,
     ).reshape(values.shape)
     # the buffer is what checkpoints store; keep it in sync, as metatrain's fit does
     composition.register_buffer(

@@ -245,7 +245,9 @@ def _per_structure(
 ) -> List[mts.TensorMap]:
     """Split a batch prediction into one float64 CPU TensorMap per structure, with
     the structure's index in its dataset as ``system`` (as metatrain's readers do)."""
-    selections = [Labels(["system"], torch.tensor([[i]])) for i in range(count)]
+    selections = [
+        Labels(["system"], torch.tensor([[i]], device="cpu")) for i in range(count)
+    ]
     parts = mts.split(tensor_map.to("cpu", torch.float64), "samples", selections)
     result = []
     for index, part in enumerate(parts):

@@ -207,7 +207,8 @@ def _extend_tensor_map_buffer(buffer, old_types, union):
             mts.TensorBlock(
                 values=torch.stack(rows),
                 samples=mts.Labels(
-                    block.samples.names, torch.tensor(union).reshape(-1, 1)
+                    block.samples.names,
+                    torch.tensor(union, device="cpu").reshape(-1, 1),
                 ),
                 components=block.components,
                 properties=block.properties,
@@ -284,9 +285,12 @@ def train_new_rows(model, new_types: Sequence[int]) -> list:
     for name in type_indexed_parameters(model.hypers):
         owner, _, attribute = name.rpartition(".")
         weight = parameters[name]
-        mask = torch.zeros(weight.shape[0], *[1] * (weight.dim() - 1))
+        # on the weight's device: the hook indexes with them at every forward
+        mask = torch.zeros(
+            weight.shape[0], *[1] * (weight.dim() - 1), device=weight.device
+        )
         mask[new_rows] = 1.0
-        old_rows = mask.reshape(-1) == 0
+        old_rows = torch.nonzero(mask.reshape(-1) == 0).reshape(-1)
         frozen = weight.detach()[old_rows].clone()
         handles.append(
             modules[owner].register_forward_pre_hook(
@@ -311,8 +315,12 @@ class _NewRowsOnly:
 
     def __call__(self, module, args):
         weight = getattr(module, self.attribute)
+        if self.frozen.device != weight.device or self.frozen.dtype != weight.dtype:
+            # the model moved: follow it once, not with a copy at every forward
+            self.frozen = self.frozen.to(weight)
+            self.old_rows = self.old_rows.to(weight.device)
         with torch.no_grad():
-            weight[self.old_rows] = self.frozen.to(weight)
+            weight[self.old_rows] = self.frozen
         if not (module.training and torch.is_grad_enabled()):
             return None
         if not weight.requires_grad:

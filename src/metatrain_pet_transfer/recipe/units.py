@@ -18,6 +18,7 @@ from typing import Dict, Optional
 
 import metatensor.torch as mts
 import numpy as np
+import torch
 from metatomic.torch import unit_conversion_factor
 from metatrain.utils.data import TargetInfo
 from metatrain.utils.units import ev_to_mev, get_gradient_units
@@ -55,9 +56,11 @@ def force_products(label: mts.TensorMap, prediction: mts.TensorMap) -> np.ndarra
         return np.zeros(3)
     if "positions" not in predicted.gradients_list():
         return np.zeros(3)
-    x = block.gradient("positions").values.detach().cpu().double()
-    y = predicted.gradient("positions").values.detach().cpu().double()
-    return np.array([float((x * y).sum()), float((y * y).sum()), float((x * x).sum())])
+    # the three sums where the model runs; three numbers come back to the host
+    x = block.gradient("positions").values.detach().double()
+    y = predicted.gradient("positions").values.detach().to(x)
+    sums = torch.stack([(x * y).sum(), (y * y).sum(), (x * x).sum()])
+    return sums.cpu().numpy()
 
 
 #: below this correlation the pretrained predictions say nothing of the labels' unit

@@ -77,6 +77,12 @@ def register(subparsers) -> None:
         default=64,
         help="structures per forward pass of the model (default 64)",
     )
+    parser.add_argument(
+        "--device",
+        default=None,
+        help="where the model runs: cpu, cuda, cuda:1, ... (default: cuda when "
+        "available, else cpu)",
+    )
     parser.set_defaults(run=run)
 
 
@@ -90,7 +96,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _select(args: argparse.Namespace) -> int:
-    from .features import compute_descriptors, load_pretrained, unsupported_types
+    from .features import (
+        choose_device,
+        compute_descriptors,
+        load_pretrained,
+        unsupported_types,
+    )
 
     # every check on the inputs comes before the model runs
     check_output(args.output)
@@ -112,7 +123,9 @@ def _select(args: argparse.Namespace) -> int:
             f"structures to choose from ({len(pool)} read, "
             f"{len(pool) - len(candidates)} of them excluded)"
         )
+    device = choose_device(args.device)
     model, target = load_pretrained(args.checkpoint)
+    model.to(device)
     for path, frames in [(args.pool, pool), *[(p, excluded) for p in args.exclude]]:
         unknown = unsupported_types(model, frames)
         if unknown:
@@ -142,7 +155,7 @@ def _select(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - start
     print(
         f"features: {len(frames)} structures through the pretrained model "
-        f"({args.checkpoint.name}, target '{target}') in {seconds:.1f} s "
+        f"({args.checkpoint.name}, target '{target}', on {device}) in {seconds:.1f} s "
         f"({len(frames) / max(seconds, 1e-9):.0f} structures/s)"
     )
     start = time.perf_counter()

@@ -7,6 +7,9 @@ of an atomic environment) and ``mtt::aux::<energy>_last_layer_features`` (the in
 of the energy head's last linear layer, the features LLPR builds its uncertainty
 on). Both come from one forward pass, without gradients.
 
+The pass runs on the model's device (``--device``; the GPU by default when there
+is one); what the selection needs comes back to the host once per batch.
+
 The checkpoint is read with :func:`load_checkpoint_safely` (no code from the file
 runs) and turned into a model by metatrain's ``model_from_checkpoint``. Structures
 become metatomic systems exactly as metatrain's ASE reader makes them
@@ -64,6 +67,24 @@ def load_pretrained(path: Path):
     return model.eval(), energies[0]
 
 
+def choose_device(requested: Optional[str]):
+    """The ``--device`` asked for, checked; by default the GPU when there is one.
+
+    :raises SelectionError: for a device torch does not know or cannot use
+    """
+    from .structures import SelectionError
+
+    if requested is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(requested)
+    except RuntimeError as error:
+        raise SelectionError(f"--device {requested}: {error}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SelectionError(f"--device {requested}: torch sees no CUDA device here")
+    return device
+
+
 def last_layer_output(target: str) -> str:
     """The auxiliary output holding ``target``'s last-layer features."""
     base = target[len("mtt::") :] if target.startswith("mtt::") else target
@@ -94,7 +115,8 @@ def compute_descriptors(
         get_system_with_neighbor_lists,
     )
 
-    dtype = next(model.parameters()).dtype
+    parameter = next(model.parameters())
+    dtype, device = parameter.dtype, parameter.device
     requests = get_requested_neighbor_lists(model)
     outputs = {
         "feature": ModelOutput(sample_kind="atom"),
@@ -108,16 +130,17 @@ def compute_descriptors(
                 get_system_with_neighbor_lists(system, requests)
                 for system in systems_to_torch(batch, dtype=torch.float64)
             ]
-            systems = [system.to(dtype=dtype) for system in systems]
+            systems = [system.to(dtype=dtype, device=device) for system in systems]
             result = model(systems, outputs)
             for name, store in [
                 ("feature", backbone),
                 (last_layer_output(target), last_layer),
             ]:
                 block = result[name].block()
-                store.append(block.values.detach().to(torch.float64).numpy())
+                # one copy to the host per batch (the selection runs in numpy)
+                store.append(block.values.detach().to("cpu", torch.float64).numpy())
             samples = result["feature"].block().samples
-            owner.append(samples.column("system").numpy() + start)
+            owner.append(samples.column("system").cpu().numpy() + start)
             if progress is not None:
                 progress(start + len(batch))
     types = np.concatenate([atoms.numbers for atoms in frames])
