@@ -30,6 +30,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
 from conftest import DATA, train_tiny_pet
+from metatrain_pet_transfer.model import PETTransfer
 
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "metatrain_pet_transfer"
@@ -179,6 +180,8 @@ def _hypers_and_datasets(checkpoint: Path, frames: Path, n: int, training: dict)
         length_unit="angstrom", atomic_types=get_atomic_types(dataset), targets=targets
     )
     pretrained = model_from_checkpoint(load_checkpoint_safely(checkpoint), "finetune")
+    # outside `mtt train`, only a PETTransfer extends to new types (restart_route)
+    pretrained = PETTransfer.adopt(pretrained)
     return hypers["training"], [train], [val], pretrained.restart(info)
 
 
