@@ -1,0 +1,73 @@
+"""How far an exported dipole model is from rotating with the molecule.
+
+Part of ``bench/properties.py``. A dipole must rotate with the molecule:
+mu(R x) = R mu(x). The exported ``model.pt`` is evaluated through metatomic (the ASE
+calculator's ``run_model``, as a user of the model would) on every test molecule
+and on ``count`` random rotations of it (uniform on SO(3), seeded, about the
+molecule's centroid: a dipole model of a neutral molecule does not depend on the
+origin); the error is the mean |mu(R x) - R mu(x)| over components, molecules and
+rotations, the unit of the component MAE it is compared with. The unrotated
+predictions must be those ``mtt eval`` wrote (the same model, evaluated twice).
+"""
+
+from pathlib import Path
+from typing import List
+
+import numpy as np
+
+from .targets import Property
+
+
+#: how far metatomic's unrotated predictions may be from mtt eval's (float32)
+SAME_MODEL = 1e-4
+
+
+def predict(calculator, frames, prop: Property) -> List[np.ndarray]:
+    """The model's ``prop`` for every frame, per structure."""
+    from metatomic.torch import ModelOutput
+
+    output = ModelOutput(quantity="", unit=prop.unit, sample_kind="system")
+    values = []
+    for start in range(0, len(frames), 16):
+        batch = frames[start : start + 16]
+        result = calculator.run_model(batch, {prop.target: output})
+        block = result[prop.target].block()
+        values.extend(block.values.detach().double().numpy().reshape(len(batch), -1))
+    return [np.asarray(v) for v in values]
+
+
+def rotation_error(
+    model: Path,
+    frames,
+    prop: Property,
+    count: int,
+    seed: int,
+    written: List[np.ndarray],
+) -> float:
+    """The mean |mu(R x) - R mu(x)| of ``model`` over ``frames`` and ``count``
+    rotations each; ``written``: what ``mtt eval`` predicted for ``frames``."""
+    from metatomic_ase import MetatomicCalculator
+    from scipy.spatial.transform import Rotation
+
+    calculator = MetatomicCalculator(str(model), device="cpu")
+    plain = predict(calculator, frames, prop)
+    off = max(float(np.abs(a - b).max()) for a, b in zip(plain, written, strict=True))
+    if off > SAME_MODEL:
+        raise RuntimeError(
+            f"{model}: metatomic's predictions differ from mtt eval's by {off:.2g} "
+            f"{prop.shown}: not the same model"
+        )
+    rotations = Rotation.random(count * len(frames), random_state=seed).as_matrix()
+    rotated, expected = [], []
+    for index, atoms in enumerate(frames):
+        centre = atoms.positions.mean(axis=0)
+        for matrix in rotations[index * count : (index + 1) * count]:
+            copy = atoms.copy()
+            copy.positions = (atoms.positions - centre) @ matrix.T + centre
+            rotated.append(copy)
+            expected.append(matrix @ plain[index])
+    predicted = predict(calculator, rotated, prop)
+    deviations = np.concatenate(
+        [np.abs(p - e) for p, e in zip(predicted, expected, strict=True)]
+    )
+    return float(deviations.mean())
