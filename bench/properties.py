@@ -34,7 +34,7 @@ BENCH = Path(__file__).resolve().parent
 if str(BENCH) not in sys.path:
     sys.path.insert(0, str(BENCH))
 
-from property_campaign.running import run_properties  # noqa: E402
+from property_campaign.running import rewrite_report, run_properties  # noqa: E402
 from property_campaign.spec import ROW_NAMES, read_property_spec  # noqa: E402
 from transfer_campaign.spec import add_campaign_options  # noqa: E402
 
@@ -51,6 +51,12 @@ def parse_args(argv=None):
         help="run only these rows of the spec (comma-separated; the others are "
         "neither run nor removed from the results)",
     )
+    parser.add_argument(
+        "--report",
+        action="store_true",
+        help="rewrite results.md and the plots from results.csv, run nothing (safe "
+        "while another process runs the campaign)",
+    )
     args = parser.parse_args(argv)
     rows = None
     if args.rows is not None:
@@ -59,11 +65,11 @@ def parse_args(argv=None):
         if unknown:
             parser.error(f"--rows: unknown {unknown}; known: {', '.join(ROW_NAMES)}")
     settings = read_property_spec(args.campaign, args.out, args.runs, args.threads)
-    return settings, rows, args.plan, max(1, args.jobs)
+    return settings, rows, args.plan, max(1, args.jobs), args.report
 
 
 def main(argv=None) -> int:
-    settings, rows, plan_only, jobs = parse_args(argv)
+    settings, rows, plan_only, jobs, report_only = parse_args(argv)
     base = settings.base
     for path in (base.data, base.checkpoint):
         if not path.is_file():
@@ -71,6 +77,8 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(base.threads)  # the rotation check runs in this process
+    if report_only:
+        return rewrite_report(settings)
     return run_properties(settings, rows, plan_only, jobs)
 
 

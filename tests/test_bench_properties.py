@@ -321,6 +321,10 @@ def test_tiny_property_campaign_end_to_end(tmp_path, pretrained_checkpoint):
     assert " % |" in table  # the error under rotation, as a share of the MAE
     for name in ["dipole", "charges"]:
         assert (out / f"{name}.png").stat().st_size > 0
+    # --report rewrites the tables from the CSV alone (nothing runs)
+    (out / "results.md").unlink()
+    assert harness.main([*map(str, common), "--report"]) == 0
+    assert "| native-full | 10 | 1 | 0.001 | 1 |" in (out / "results.md").read_text()
     splits = json.loads((out / "splits.json").read_text())
     assert splits["test"] == json.loads(record.read_text())["test"]
 

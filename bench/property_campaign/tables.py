@@ -72,6 +72,8 @@ def _values(records: List[dict], column: str) -> List[float]:
 
 def property_table(results: List[dict], prop: Property) -> List[str]:
     """Per row and N, the selected runs' test errors (median [min-max] over seeds)."""
+    if not results:
+        return ["No results yet."]
     unit = prop.shown
     extra = []
     if prop.vector:
