@@ -210,6 +210,8 @@ def run_properties(
             todo += [(name, run) for run in wanted]
         if plan_only or not todo:
             break
+        # the rows that train nothing first: their results cost nothing
+        todo.sort(key=lambda item: item[1].trains)
         # shared inputs written here, once, before runs start in parallel
         for name, run in todo:
             if run.trains:
