@@ -341,3 +341,36 @@ def test_tiny_property_campaign_end_to_end(tmp_path, pretrained_checkpoint):
     with pytest.raises(SystemExit, match="SHA-256 differs"):
         harness.main(["--campaign", str(spec), "--out", str(tmp_path / "o2"), "--plan"])
     assert not (tmp_path / "o2").exists()
+
+
+def test_ratio_table_compares_with_the_plugin_default():
+    load_harness()
+    from property_campaign.tables import ratio_table
+
+    def line(row, n, mae, seed="0"):
+        return {
+            "row": row,
+            "N": str(n),
+            "seed": seed,
+            "epochs": "80",
+            "lr": "x",
+            "status": "ok",
+            "selected": "yes",
+            "test_mae": str(mae),
+        }
+
+    results = [
+        line("scratch", 25, 0.09),
+        line("native-full", 25, 0.12),
+        line("native-heads", 25, 0.16),
+        line("mean", 25, 0.19),
+    ]
+    assert ratio_table(results) == []  # no plugin-default yet: no ratios
+    results += [line("plugin-default", 25, 0.03, seed) for seed in "0"] + [
+        line("plugin-default", 25, 0.05, "1"),
+        line("plugin-default", 25, 0.06, "2"),
+    ]
+    table = ratio_table(results)
+    # median of the default 0.05; best native: full (0.12)
+    assert table[-1] == "| 25 | 1.80x | 2.40x | 3.80x |"
+    assert "| N | scratch / plugin-default | best native / plugin-default |" in table[3]
