@@ -73,24 +73,38 @@ def train_and_evaluate(
     _, result = train(run, campaign, folder, section)
     if "status" in result:
         return result
-    model = folder / "model.pt"
-    files = campaign.files
     _, evaluated = mtt_eval(
-        model, files["val_test"], prop.target, folder, campaign.settings, section
+        folder / "model.pt",
+        campaign.files["val_test"],
+        prop.target,
+        folder,
+        campaign.settings,
+        section,
     )
     result["eval_s"] = evaluated.wall_s
     if evaluated.rc != 0:
         return {**result, "status": "failed", "error": error_line(folder / "eval.log")}
+    try:
+        result.update(score(folder, campaign, prop, rotations))
+    except Exception as error:  # noqa: BLE001  (recorded with the run's times)
+        return {**failure(error, folder), **result}
+    return {**result, "status": "ok", "error": ""}
+
+
+def score(folder: Path, campaign: Campaign, prop: Property, rotations: tuple) -> dict:
+    """The errors of a trained run, from its ``mtt eval`` predictions on validation
+    + test (cross-checked against the log) and, for a dipole, its exported model
+    rotated."""
     predicted = read_predictions(folder / "predictions.xyz", prop, campaign.val_test)
     cross_check(predicted, campaign.val_test, prop, folder / "eval.log")
-    result.update(split_errors(predicted, campaign, prop))
+    errors_ = split_errors(predicted, campaign, prop)
     if prop.vector:
         test = campaign.subset(campaign.splits["test"])
         written = predicted[len(campaign.splits["val"]) :]
-        result["test_rotation_error"] = rotation_error(
-            model, test, prop, *rotations, written
+        errors_["test_rotation_error"] = rotation_error(
+            folder / "model.pt", test, prop, *rotations, written
         )
-    return {**result, "status": "ok", "error": ""}
+    return errors_
 
 
 def mean_row(run: Run, campaign: Campaign, prop: Property) -> dict:
