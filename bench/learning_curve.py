@@ -57,7 +57,12 @@ from transfer_campaign.settings import (  # noqa: E402
     Settings,
     read_pretrained,
 )
-from transfer_campaign.spec import SpecError, ladder_step, read_spec  # noqa: E402
+from transfer_campaign.spec import (  # noqa: E402
+    SpecError,
+    add_campaign_options,
+    ladder_step,
+    read_spec,
+)
 from transfer_campaign.splits import Campaign, make_splits, prepare  # noqa: E402
 from transfer_campaign.tables import COLUMNS, load_results  # noqa: E402
 
@@ -98,32 +103,7 @@ def parse_args(argv=None) -> tuple:
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument(
-        "--campaign",
-        type=Path,
-        required=True,
-        help="the campaign spec (bench/campaigns/*.yaml)",
-    )
-    parser.add_argument(
-        "--out",
-        type=Path,
-        required=True,
-        help="results folder: CSV, markdown, PNG, splits.json (new, or this "
-        "campaign's own to resume it)",
-    )
-    parser.add_argument(
-        "--runs",
-        type=Path,
-        default=None,
-        help="heavy run folders (default /tmp/bench_runs/<out name>)",
-    )
-    parser.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS")
-    parser.add_argument(
-        "--jobs", type=int, default=1, help="runs at once (one per core)"
-    )
-    parser.add_argument(
-        "--plan", action="store_true", help="list the runs to do now, and stop"
-    )
+    add_campaign_options(parser)
     args = parser.parse_args(argv)
     settings = read_spec(args.campaign, args.out, args.runs, args.threads)
     return settings, args.plan, max(1, args.jobs)

@@ -8,5 +8,8 @@ Running: ``running`` (``mtt train``/``mtt eval`` subprocesses, scoring, zero-sho
 ``run_campaign``). Tabulating: ``tables`` (``results.csv``, ``results.md``,
 ``results.png``). Each module imports only those before it in the order settings,
 splits, tables, planning, running (``planning`` reads selected learning rates back
-from ``results.csv``).
+from ``results.csv``). ``bench/properties.py`` (``bench/property_campaign/``) reuses
+these pieces for its property targets: the settings take a row table and the columns
+a learning-rate search minimises; the spec sections, the ``mtt`` runner, ``train``,
+``run_in_parallel``, the CSV writer and the plot are shared.
 """

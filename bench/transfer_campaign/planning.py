@@ -2,8 +2,9 @@
 
 Part of ``bench/learning_curve.py`` (planning side). The plan depends on the results
 already in ``results.csv``: a row that searches its learning rate first trains the
-spec's grid at the search (N, seed); when the best validation force MAE is at an edge
-of what was tried, the next value on the 1-3-10 ladder beyond it is added
+spec's grid at the search (N, seed); when the best validation error (the settings'
+``selection``: force MAE for the energy rows) is at an edge of what was tried, the
+next value on the 1-3-10 ladder beyond it is added
 (``lr_search.max_extensions`` times at most); once the search is complete, every
 other (N, seed) of the row uses the selected learning rate. ``planned_runs`` is
 therefore asked again after each wave of runs, until nothing new is planned.
@@ -11,9 +12,9 @@ therefore asked again after each wave of runs, until nothing new is planned.
 """
 
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
-from .settings import ROWS, Pretrained, Row, Run, Settings
+from .settings import Pretrained, Row, Run, Settings
 from .spec import ladder_step
 from .splits import Campaign, resolve_n
 
@@ -39,12 +40,14 @@ def epoch_budget(row: Row, n: int, settings: Settings) -> int:
     return epochs
 
 
-def _validation_errors(results: List[dict]) -> Dict[tuple, Tuple[float, float]]:
-    """(row, N, seed, lr, epochs) of every successful run: its validation errors."""
+def _validation_errors(
+    results: List[dict], columns: Sequence[str]
+) -> Dict[tuple, Tuple[float, ...]]:
+    """(row, N, seed, lr, epochs) of every successful run: its validation errors
+    (the ``columns`` the search minimises, in order)."""
     return {
-        (r["row"], r["N"], r["seed"], r["lr"], r["epochs"]): (
-            float(r["val_force_mae_meV_A"]),
-            float(r["val_energy_mae_meV_atom"]),
+        (r["row"], r["N"], r["seed"], r["lr"], r["epochs"]): tuple(
+            float(r[column]) for column in columns
         )
         for r in results
         if r["status"] == "ok"
@@ -57,8 +60,8 @@ def search(
     """The learning-rate search of row ``name``, with the edge rule applied."""
     n = resolve_n(settings.lr_search.n, pool_size)
     seed = settings.lr_search.seed
-    epochs = epoch_budget(ROWS[name], n, settings)
-    errors = _validation_errors(results)
+    epochs = epoch_budget(settings.table[name], n, settings)
+    errors = _validation_errors(results, settings.selection)
     tried = sorted(settings.lr_search.grid)
     extensions = 0
     while True:
@@ -66,7 +69,8 @@ def search(
         done = {run.lr: errors.get(run.key) for run in runs}
         if any(value is None for value in done.values()):
             return Search(runs, None, False)
-        # the same rule as tables.mark_selected: force MAE, then energy MAE
+        # the same rule as tables.mark_selected (energy rows: force MAE, then
+        # energy MAE)
         best = min(tried, key=lambda lr: done[lr])
         low, high = best == tried[0], best == tried[-1]
         if not (low or high) or extensions == settings.lr_search.max_extensions:
@@ -88,7 +92,7 @@ def runs_of_row(
     searches: Dict[str, Search],
 ) -> List[Run]:
     """A row's run at one (N, seed); ``[]`` while its learning rate is not known."""
-    row = ROWS[name]
+    row = settings.table[name]
     if row.architecture is None:
         return [Run(name, n, seed, None, 0, trains=False)]
     epochs = epoch_budget(row, n, settings)
@@ -107,7 +111,7 @@ def searches_of(campaign: Campaign, results: List[dict]) -> Dict[str, Search]:
     return {
         name: search(name, campaign.settings, pool, results)
         for name in campaign.settings.rows
-        if ROWS[name].lr == "search"
+        if campaign.settings.table[name].lr == "search"
     }
 
 

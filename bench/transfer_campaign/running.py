@@ -23,7 +23,7 @@ import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List
+from typing import Callable, List, Optional
 
 import numpy as np
 
@@ -129,10 +129,19 @@ def write_yaml(path: Path, content: dict) -> Path:
 
 
 def mtt_eval(
-    model: Path, frames_file: Path, target: str, folder: Path, settings: Settings
+    model: Path,
+    frames_file: Path,
+    target: str,
+    folder: Path,
+    settings: Settings,
+    section: Optional[Callable] = None,
 ):
-    """``mtt eval`` of ``model`` on ``frames_file``, predictions to predictions.xyz."""
-    write_yaml(folder / "eval.yaml", dataset_section(frames_file, target))
+    """``mtt eval`` of ``model`` on ``frames_file``, predictions to predictions.xyz.
+
+    ``section(path)`` writes the dataset section (default: PBE0 energies and forces
+    as ``target``)."""
+    section = section or (lambda path: dataset_section(path, target))
+    write_yaml(folder / "eval.yaml", section(frames_file))
     options = ["-o", "predictions.xyz", "-b", "8", "--no-warm-up"]
     finished = mtt(
         settings, folder, "eval.log", "eval", str(model), "eval.yaml", *options
@@ -159,20 +168,23 @@ def run_folder(run: Run, campaign: Campaign) -> Path:
     return settings.runs / run.row / run.folder_name
 
 
-def train_and_evaluate(run: Run, campaign: Campaign) -> dict:
-    """``mtt train`` in a fresh run folder, then ``mtt eval`` on validation + test."""
-    settings, row = campaign.settings, ROWS[run.row]
-    folder = run_folder(run, campaign)
+def train(run: Run, campaign: Campaign, folder: Path, section: Callable) -> tuple:
+    """``mtt train`` of ``run`` in a fresh ``folder``, its training and validation
+    sets written by ``section(path)`` (an options.yaml dataset section).
+
+    :return: the options written, and the result so far (run folder, wall and CPU
+        seconds; ``status`` and ``error`` when the training failed)
+    """
+    settings = campaign.settings
+    row = settings.table[run.row]
     shutil.rmtree(folder, ignore_errors=True)  # a run interrupted earlier
     folder.mkdir(parents=True)
     options = {
         "seed": run.seed,
         "architecture": row.architecture(run, campaign.pretrained, settings.batch_size),
-        "training_set": dataset_section(
-            train_file(campaign, run.n, run.seed), row.target
-        ),
-        "validation_set": dataset_section(campaign.files["val"], row.target),
-        "test_set": 0.0,  # the test split is evaluated below, by `mtt eval`
+        "training_set": section(train_file(campaign, run.n, run.seed)),
+        "validation_set": section(campaign.files["val"]),
+        "test_set": 0.0,  # the test split is evaluated after, by `mtt eval`
     }
     write_yaml(folder / "options.yaml", options)
     trained = mtt(
@@ -180,7 +192,20 @@ def train_and_evaluate(run: Run, campaign: Campaign) -> dict:
     )
     result = {"run_dir": str(folder), "wall_s": trained.wall_s, "cpu_s": trained.cpu_s}
     if trained.rc != 0:
-        return {**result, "status": "failed", "error": error_line(folder / "train.log")}
+        failed = {"status": "failed", "error": error_line(folder / "train.log")}
+        result.update(failed)
+    return options, result
+
+
+def train_and_evaluate(run: Run, campaign: Campaign) -> dict:
+    """``mtt train`` in a fresh run folder, then ``mtt eval`` on validation + test."""
+    settings, row = campaign.settings, ROWS[run.row]
+    folder = run_folder(run, campaign)
+    options, result = train(
+        run, campaign, folder, lambda path: dataset_section(path, row.target)
+    )
+    if "status" in result:
+        return result
 
     predictions, evaluated = mtt_eval(
         folder / "model.pt", campaign.files["val_test"], row.target, folder, settings
@@ -283,12 +308,17 @@ def attempt(run: Run, campaign: Campaign) -> dict:
     try:
         return train(run, campaign)
     except Exception as error:  # noqa: BLE001  (recorded in results.csv first)
-        return {
-            "status": "failed",
-            "error": f"{type(error).__name__}: {error}",
-            "wall_s": float("nan"),
-            "run_dir": str(run_folder(run, campaign)),
-        }
+        return failure(error, run_folder(run, campaign))
+
+
+def failure(error: Exception, folder: Path) -> dict:
+    """The result of a run that raised ``error``: recorded as failed."""
+    return {
+        "status": "failed",
+        "error": f"{type(error).__name__}: {error}",
+        "wall_s": float("nan"),
+        "run_dir": str(folder),
+    }
 
 
 # ------------------------------------------------------------------------ the campaign
@@ -315,7 +345,7 @@ def refuse_foreign_results(campaign: Campaign, results: List[dict]) -> None:
         )
 
 
-def _print_plan(todo: List[Run], done: int, campaign: Campaign, results) -> None:
+def print_plan(todo: List[Run], done: int, campaign: Campaign, results) -> None:
     print(f"{len(todo)} runs to do now, {done} already in {campaign.settings.out}")
     for run in todo:
         print(
@@ -359,7 +389,7 @@ def run_campaign(settings: Settings, plan_only: bool = False, jobs: int = 1) -> 
         results = load_results(csv_path)
         done = {result_key(r) for r in results if r["status"] == "ok"}
         todo = [run for run in planned_runs(campaign, results) if run.key not in done]
-        _print_plan(todo, len(done), campaign, results)
+        print_plan(todo, len(done), campaign, results)
         if plan_only or not todo:
             break
         # shared inputs written here, once, before runs start in parallel
@@ -396,21 +426,36 @@ def run_wave(todo: List[Run], campaign: Campaign, record: dict, jobs: int, lock)
 
     :return: the failed runs with their outcomes
     """
+    return run_in_parallel(
+        todo,
+        jobs,
+        lambda run: attempt(run, campaign),
+        lambda run, outcome: merge(run, outcome, campaign, record, lock),
+    )
+
+
+def run_in_parallel(todo: list, jobs: int, do: Callable, done: Callable) -> list:
+    """``do(item)`` for every item of ``todo``, ``jobs`` at a time, and ``done(item,
+    outcome)`` as each finishes (in this thread); after an outcome whose ``status``
+    is not ``ok`` no new item starts (bench/properties.py runs its waves with it).
+
+    :return: the failed items with their outcomes
+    """
     pending, running, failed = list(todo), {}, []
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         while pending or running:
             while pending and len(running) < jobs and not failed:
-                run = pending.pop(0)
-                running[pool.submit(attempt, run, campaign)] = run
+                item = pending.pop(0)
+                running[pool.submit(do, item)] = item
             if not running:
                 break
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in finished:
-                run = running.pop(future)
+                item = running.pop(future)
                 outcome = future.result()
-                merge(run, outcome, campaign, record, lock)
+                done(item, outcome)
                 if outcome["status"] != "ok":
-                    failed.append((run, outcome))
+                    failed.append((item, outcome))
     return failed
 
 

@@ -11,7 +11,7 @@ learning rate. ``ROWS`` maps each row name to the ``architecture:`` section its
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Union
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 
 REPO = Path(__file__).resolve().parents[2]
@@ -75,12 +75,22 @@ class Settings:
     threads: int
     mtt: Path
     spec: Optional[Path] = None  # the campaign file these settings were read from
+    #: the rows this campaign can name (``None``: ``ROWS``, the energy rows; the
+    #: property campaign, bench/properties.py, has its own per property)
+    row_table: Optional[Mapping[str, "Row"]] = None
+    #: the validation columns a learning-rate search minimises, in order (ties)
+    selection: Sequence[str] = ("val_force_mae_meV_A", "val_energy_mae_meV_atom")
+
+    @property
+    def table(self) -> Mapping[str, "Row"]:
+        """The rows this campaign can name: ``row_table``, or ``ROWS``."""
+        return ROWS if self.row_table is None else self.row_table
 
     @property
     def rows(self) -> List[str]:
-        """Every row of the campaign, in ``ROWS`` order."""
+        """Every row of the campaign, in the order of its row table."""
         named = {row for block in self.blocks for row in block.rows}
-        return [row for row in ROWS if row in named]
+        return [row for row in self.table if row in named]
 
     @property
     def seeds(self) -> List[int]:

@@ -11,7 +11,7 @@ naming the file and the key, before anything runs.
 
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterable, List, Optional
 
 from .settings import REPO, ROWS, Block, LrSearch, Settings
 
@@ -77,15 +77,8 @@ def read_spec(
     path: Path, out: Path, runs: Optional[Path] = None, threads: int = 1
 ) -> Settings:
     """The settings of the campaign ``path`` writing its results into ``out``."""
-    import yaml
-
     path = Path(path)
-    if not path.is_file():
-        raise SpecError(f"--campaign {path}: no such file")
-    spec = _keys(
-        "the campaign", yaml.safe_load(path.read_text()), TOP_KEYS, REQUIRED, path
-    )
-
+    spec = load_spec(path, TOP_KEYS, REQUIRED)
     splits = _keys(
         "splits",
         spec["splits"],
@@ -93,20 +86,87 @@ def read_spec(
         {"seed", "test_fraction", "val_fraction"},
         path,
     )
-    epochs = _keys(
-        "epochs",
-        spec["epochs"],
-        {"finetune", "scratch", "halve_from_n"},
-        {"finetune", "scratch"},
+    scratch_lr = spec.get("scratch_lr")
+    return settings_from(
         path,
+        spec,
+        ROWS,
+        out,
+        runs,
+        threads,
+        scratch_lr=None
+        if scratch_lr is None
+        else _number(path, "scratch_lr", scratch_lr),
+        test_fraction=_number(path, "splits.test_fraction", splits["test_fraction"]),
+        val_fraction=_number(path, "splits.val_fraction", splits["val_fraction"]),
+        split_seed=_number(path, "splits.seed", splits["seed"], int),
     )
-    search = _keys(
-        "lr_search",
-        spec["lr_search"],
-        {"n", "seed", "grid", "max_extensions"},
-        {"n", "seed", "grid", "max_extensions"},
-        path,
+
+
+# ------------------------------------- sections shared with bench/properties.py's spec
+
+
+def load_spec(path: Path, allowed: set, required: set) -> dict:
+    """The spec's top-level mapping, its keys checked."""
+    import yaml
+
+    if not path.is_file():
+        raise SpecError(f"--campaign {path}: no such file")
+    return _keys(
+        "the campaign", yaml.safe_load(path.read_text()), allowed, required, path
     )
+
+
+def settings_from(
+    path: Path,
+    spec: dict,
+    rows: Iterable[str],
+    out: Path,
+    runs: Optional[Path],
+    threads: int,
+    **particular,
+) -> Settings:
+    """``Settings`` from the keys every campaign spec has (``data``, ``checkpoint``,
+    ``batch_size``, ``epochs``, ``lr_search``, ``runs`` naming only ``rows``) and the
+    ``particular`` fields of its kind."""
+    finetune, scratch, halve = epochs_of(path, spec["epochs"])
+    search = lr_search_of(path, spec["lr_search"])
+    blocks = blocks_of(path, spec["runs"], rows)
+    out = Path(out).resolve()
+    return Settings(
+        data=_path(spec["data"]),
+        checkpoint=_path(spec["checkpoint"]),
+        out=out,
+        runs=(runs or Path("/tmp/bench_runs") / out.name).resolve(),
+        blocks=blocks,
+        lr_search=search,
+        epochs=finetune,
+        scratch_epochs=scratch,
+        half_epochs_from=halve,
+        batch_size=_number(path, "batch_size", spec["batch_size"], int),
+        threads=threads,
+        mtt=Path(sys.executable).parent / "mtt",
+        spec=path.resolve(),
+        **particular,
+    )
+
+
+def epochs_of(path: Path, value) -> tuple:
+    """``epochs``: (fine-tuning, scratch, ``halve_from_n`` or None)."""
+    allowed = {"finetune", "scratch", "halve_from_n"}
+    epochs = _keys("epochs", value, allowed, {"finetune", "scratch"}, path)
+    halve = epochs.get("halve_from_n")
+    return (
+        _number(path, "epochs.finetune", epochs["finetune"], int),
+        _number(path, "epochs.scratch", epochs["scratch"], int),
+        None if halve is None else _number(path, "epochs.halve_from_n", halve, int),
+    )
+
+
+def lr_search_of(path: Path, value) -> LrSearch:
+    """``lr_search``: the grid (on the 1-3-10 ladder) at one N and seed."""
+    keys = {"n", "seed", "grid", "max_extensions"}
+    search = _keys("lr_search", value, keys, keys, path)
     grid = [_number(path, "lr_search.grid", lr) for lr in search["grid"]]
     for lr in grid:
         if not on_ladder(lr):
@@ -114,19 +174,32 @@ def read_spec(
                 f"{path}: lr_search.grid: {lr:g} is not on the 1-3-10 ladder "
                 "(1e-4, 3e-4, 1e-3, ...) the edge rule extends along"
             )
-    if not isinstance(spec["runs"], list) or not spec["runs"]:
+    return LrSearch(
+        n=_n(path, "lr_search.n", search["n"]),
+        seed=_number(path, "lr_search.seed", search["seed"], int),
+        grid=grid,
+        max_extensions=_number(
+            path, "lr_search.max_extensions", search["max_extensions"], int
+        ),
+    )
+
+
+def blocks_of(path: Path, runs, known: Iterable[str]) -> List[Block]:
+    """``runs``: blocks ``{rows, n, seeds}`` naming only rows of ``known``."""
+    known = list(known)
+    if not isinstance(runs, list) or not runs:
         raise SpecError(f"{path}: runs must be a non-empty list of blocks")
     blocks = []
-    for i, block in enumerate(spec["runs"]):
+    for i, block in enumerate(runs):
         where = f"runs[{i}]"
         block = _keys(
             where, block, {"rows", "n", "seeds"}, {"rows", "n", "seeds"}, path
         )
-        unknown = [row for row in block["rows"] if row not in ROWS]
+        unknown = [row for row in block["rows"] if row not in known]
         if unknown:
             raise SpecError(
                 f"{path}: {where}.rows: unknown {unknown}; known rows: "
-                f"{', '.join(ROWS)}"
+                f"{', '.join(known)}"
             )
         blocks.append(
             Block(
@@ -135,38 +208,36 @@ def read_spec(
                 seeds=[_number(path, f"{where}.seeds", s, int) for s in block["seeds"]],
             )
         )
-    halve = epochs.get("halve_from_n")
-    scratch_lr = spec.get("scratch_lr")
-    out = Path(out).resolve()
-    return Settings(
-        data=_path(spec["data"]),
-        checkpoint=_path(spec["checkpoint"]),
-        out=out,
-        runs=(runs or Path("/tmp/bench_runs") / out.name).resolve(),
-        blocks=blocks,
-        lr_search=LrSearch(
-            n=_n(path, "lr_search.n", search["n"]),
-            seed=_number(path, "lr_search.seed", search["seed"], int),
-            grid=grid,
-            max_extensions=_number(
-                path, "lr_search.max_extensions", search["max_extensions"], int
-            ),
-        ),
-        epochs=_number(path, "epochs.finetune", epochs["finetune"], int),
-        scratch_epochs=_number(path, "epochs.scratch", epochs["scratch"], int),
-        half_epochs_from=None
-        if halve is None
-        else _number(path, "epochs.halve_from_n", halve, int),
-        scratch_lr=None
-        if scratch_lr is None
-        else _number(path, "scratch_lr", scratch_lr),
-        batch_size=_number(path, "batch_size", spec["batch_size"], int),
-        test_fraction=_number(path, "splits.test_fraction", splits["test_fraction"]),
-        val_fraction=_number(path, "splits.val_fraction", splits["val_fraction"]),
-        split_seed=_number(path, "splits.seed", splits["seed"], int),
-        threads=threads,
-        mtt=Path(sys.executable).parent / "mtt",
-        spec=path.resolve(),
+    return blocks
+
+
+def add_campaign_options(parser) -> None:
+    """The command-line options of every campaign command (``argparse``)."""
+    parser.add_argument(
+        "--campaign",
+        type=Path,
+        required=True,
+        help="the campaign spec (bench/campaigns/*.yaml)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="results folder: CSV, markdown, plots, splits.json (new, or this "
+        "campaign's own to resume it)",
+    )
+    parser.add_argument(
+        "--runs",
+        type=Path,
+        default=None,
+        help="heavy run folders (default /tmp/bench_runs/<out name>)",
+    )
+    parser.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS")
+    parser.add_argument(
+        "--jobs", type=int, default=1, help="runs at once (one per core)"
+    )
+    parser.add_argument(
+        "--plan", action="store_true", help="list the runs to do now, and stop"
     )
 
 

@@ -204,19 +204,26 @@ def prepare(settings: Settings) -> tuple:
     record = campaign_record(settings, frames, splits)
     settings.out.mkdir(parents=True, exist_ok=True)
     check_or_write_record(settings.out / "splits.json", record)
-    (settings.runs / "splits").mkdir(parents=True, exist_ok=True)
+    files = write_split_files(settings.runs / "splits", frames, splits)
+    campaign = Campaign(
+        settings, frames, splits, read_pretrained(settings.checkpoint), files
+    )
+    return campaign, json.loads((settings.out / "splits.json").read_text())
+
+
+def write_split_files(folder: Path, frames, splits: dict) -> Dict[str, Path]:
+    """The validation, validation + test and test frames as extended xyz files in
+    ``folder``: the ``files`` of a ``Campaign``."""
+    folder.mkdir(parents=True, exist_ok=True)
     files = {}
     for name, indices in [
         ("val", splits["val"]),
         ("val_test", splits["val"] + splits["test"]),
         ("test", splits["test"]),
     ]:
-        files[name] = settings.runs / "splits" / f"{name}.xyz"
+        files[name] = folder / f"{name}.xyz"
         write_frames_if_changed(files[name], [frames[i] for i in indices])
-    campaign = Campaign(
-        settings, frames, splits, read_pretrained(settings.checkpoint), files
-    )
-    return campaign, json.loads((settings.out / "splits.json").read_text())
+    return files
 
 
 def write_frames_if_changed(path: Path, frames) -> None:

@@ -11,7 +11,7 @@ import csv
 import os
 import statistics
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -39,23 +39,27 @@ def result_key(record: dict) -> tuple:
     return (record["row"], record["N"], record["seed"], record["lr"], record["epochs"])
 
 
-def mark_selected(results: List[dict]) -> None:
+#: what a run is selected on: validation force MAE, energy MAE breaking ties
+SELECTION = ("val_force_mae_meV_A", "val_energy_mae_meV_atom")
+#: the runs one is selected among (they differ in learning rate only)
+SELECTION_GROUP = ("row", "N", "seed", "epochs")
+
+
+def mark_selected(
+    results: List[dict],
+    columns: Sequence[str] = SELECTION,
+    group: Sequence[str] = SELECTION_GROUP,
+) -> None:
     """Per (row, N, seed, epochs): the successful run with the lowest validation
-    force MAE (energy MAE breaks ties) is the one whose test error is reported."""
+    error (``columns`` in order) is the one whose test error is reported."""
     groups: Dict[tuple, List[dict]] = {}
     for record in results:
         record["selected"] = ""
         if record["status"] == "ok":
-            key = (record["row"], record["N"], record["seed"], record["epochs"])
+            key = tuple(record[name] for name in group)
             groups.setdefault(key, []).append(record)
-    for group in groups.values():
-        best = min(
-            group,
-            key=lambda r: (
-                float(r["val_force_mae_meV_A"]),
-                float(r["val_energy_mae_meV_atom"]),
-            ),
-        )
+    for runs in groups.values():
+        best = min(runs, key=lambda r: tuple(float(r[c]) for c in columns))
         best["selected"] = "yes"
 
 
@@ -66,12 +70,18 @@ def save_results(path: Path, results: List[dict]) -> None:
     results.sort(
         key=lambda r: (order.get(r["row"], 99), int(r["N"]), int(r["seed"]), r["lr"])
     )
+    write_csv(path, results, COLUMNS, _format)
+
+
+def write_csv(path: Path, results: List[dict], columns: Sequence[str], form) -> None:
+    """``results`` as CSV (``form(column, value)`` formats each cell), replacing
+    ``path`` atomically."""
     temporary = path.with_name(f".{path.name}.tmp")
     with open(temporary, "w", newline="") as stream:
-        writer = csv.DictWriter(stream, COLUMNS, extrasaction="ignore")
+        writer = csv.DictWriter(stream, columns, extrasaction="ignore")
         writer.writeheader()
         for record in results:
-            writer.writerow({k: _format(k, record.get(k, "")) for k in COLUMNS})
+            writer.writerow({k: form(k, record.get(k, "")) for k in columns})
     os.replace(temporary, path)
 
 
@@ -83,11 +93,14 @@ def _format(column: str, value):
     return f"{float(value):.{decimals}f}"
 
 
-def spread(values: List[float]) -> str:
+def spread(values: List[float], form: str = ".1f") -> str:
     """Median, with the min-max range when there are several seeds."""
     if len(values) == 1:
-        return f"{values[0]:.1f}"
-    return f"{statistics.median(values):.1f} [{min(values):.1f}-{max(values):.1f}]"
+        return f"{values[0]:{form}}"
+    return (
+        f"{statistics.median(values):{form}} "
+        f"[{min(values):{form}}-{max(values):{form}}]"
+    )
 
 
 def summary(results: List[dict]) -> List[dict]:
@@ -261,6 +274,31 @@ def level_gap(campaign: Campaign) -> Optional[float]:
 
 def plot(results: List[dict], path: Path, gap: Optional[float]) -> None:
     """Log-log force MAE vs N, one line per row (median over seeds, min-max bars)."""
+    plot_mae(
+        results,
+        path,
+        column="test_force_mae_meV_A",
+        ylabel="test force MAE (meV/Å)",
+        title="xTB → PBE0 transfer (median over seeds, min-max bars)",
+        reference=None
+        if gap is None
+        else (gap, f"GFN2-xTB labels vs PBE0 ({gap:.0f})"),
+    )
+
+
+def plot_mae(
+    results: List[dict],
+    path: Path,
+    column: str,
+    ylabel: str,
+    title: str,
+    reference: Optional[Tuple[float, str]] = None,
+    rows: Sequence[str] = tuple(ROWS),
+    lower_last: bool = True,
+) -> None:
+    """Log-log ``column`` vs N, one line per row of ``rows`` (median over seeds,
+    min-max bars), and a grey dashed ``reference`` line (value, label);
+    ``lower_last`` puts the largest N's label on a second line."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -270,14 +308,14 @@ def plot(results: List[dict], path: Path, gap: Optional[float]) -> None:
     figure, axes = plt.subplots(figsize=(8.4, 4.8))
     lines = summary(results)
     plotted = {line["row"] for line in lines if line["chosen"]}
-    shown = [name for name in ROWS if name in plotted]
+    shown = [name for name in rows if name in plotted]
     # one colour per row shown (tab20 has 20; the default cycle repeats after 10),
     # a marker and line style per family: native rows dashed, the others solid
     colours = plt.get_cmap("tab20" if len(shown) > 10 else "tab10")
     markers = "osD^vP*Xhp<>"
-    for rank, name in enumerate(ROWS):
+    for rank, name in enumerate(rows):
         points = sorted(
-            (line["N"], [float(r["test_force_mae_meV_A"]) for r in line["chosen"]])
+            (line["N"], [float(r[column]) for r in line["chosen"]])
             for line in lines
             if line["row"] == name and line["chosen"]
         )
@@ -290,18 +328,13 @@ def plot(results: List[dict], path: Path, gap: Optional[float]) -> None:
             "linestyle": "--" if name.startswith("native") else "-",
         }
         # a small shift along N per row, so rows with equal errors stay visible
-        ns = [n * 1.015 ** (rank - len(ROWS) / 2) for n, _ in points]
+        ns = [n * 1.015 ** (rank - len(rows) / 2) for n, _ in points]
         mid = np.array([statistics.median(v) for _, v in points])
         low = mid - np.array([min(v) for _, v in points])
         high = np.array([max(v) for _, v in points]) - mid
         axes.errorbar(ns, mid, yerr=[low, high], capsize=3, label=name, **style)
-    if gap is not None:
-        axes.axhline(
-            gap,
-            color="grey",
-            linestyle="--",
-            label=f"GFN2-xTB labels vs PBE0 ({gap:.0f})",
-        )
+    if reference is not None:
+        axes.axhline(reference[0], color="grey", linestyle="--", label=reference[1])
     axes.set_xscale("log")
     axes.set_yscale("log")
     all_ns = sorted({int(r["N"]) for r in results}) or [1]
@@ -309,14 +342,16 @@ def plot(results: List[dict], path: Path, gap: Optional[float]) -> None:
     axes.xaxis.set_major_locator(FixedLocator(all_ns))
     # the largest N (`all`) on a second line: it sits close to N=200
     axes.xaxis.set_major_formatter(
-        lambda value, _: f"\n{value:g}" if value == max(all_ns) else f"{value:g}"
+        lambda value, _: (
+            f"\n{value:g}" if lower_last and value == max(all_ns) else f"{value:g}"
+        )
     )
     axes.xaxis.set_minor_formatter(NullFormatter())
     axes.yaxis.set_major_formatter(lambda value, _: f"{value:g}")
     axes.yaxis.set_minor_formatter(lambda value, _: f"{value:g}")
     axes.set_xlabel("training frames N")
-    axes.set_ylabel("test force MAE (meV/Å)")
-    axes.set_title("xTB → PBE0 transfer (median over seeds, min-max bars)")
+    axes.set_ylabel(ylabel)
+    axes.set_title(title)
     axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     figure.tight_layout()
     figure.savefig(path, dpi=120)
