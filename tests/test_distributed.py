@@ -101,6 +101,10 @@ try:
     on_rank_zero(check)
 except RunInputError as error:
     print(f"rank {run.rank} stopped: {error}")
+# leave the group together, as PET's trainer does after its last epoch: a rank that
+# exits while the other still talks to it aborts in gloo's teardown
+torch.distributed.barrier()
+torch.distributed.destroy_process_group()
 """
 
 

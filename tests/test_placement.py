@@ -29,11 +29,13 @@ import torch
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
+import metatrain_pet_transfer
 from conftest import DATA, train_tiny_pet
 from metatrain_pet_transfer.model import PETTransfer
 
 
-PACKAGE = Path(__file__).resolve().parents[1] / "src" / "metatrain_pet_transfer"
+#: the installed package (CI installs it into site-packages, not editable)
+PACKAGE = Path(metatrain_pet_transfer.__file__).resolve().parent
 #: the modules of the passes over the data (checks read host data by design)
 PASSES = [
     PACKAGE / "recipe" / "alignment.py",
