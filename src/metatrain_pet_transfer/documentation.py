@@ -327,6 +327,22 @@ class TrainerHypers(PETTrainerHypers):
     the same final errors as without averaging, reached in far fewer epochs
     (docs/benchmarks.md)."""
 
+    readouts: dict[str, Literal["sum", "mean", "charges"]] = {}
+    """How a per-structure property is read out of PET's per-atom predictions, by
+    target: ``{target: sum | mean | charges}`` (docs/properties.md).
+
+    - ``sum`` (PET's): the sum over atoms, right for extensive properties;
+    - ``mean``: the mean over atoms, for intensive ones (a HOMO-LUMO gap); the
+      target's ``atomic_baseline`` is then 0 unless given;
+    - ``charges``: a dipole from per-atom charges, ``mu = sum_i q_i (r_i -
+      r_mean)``, the charges shifted to sum to zero: origin-free, and it rotates with
+      the molecule as far as the charges are invariant. For Cartesian vectors of
+      molecules (non-periodic data) only.
+
+    Targets left out: ``charges`` for a per-structure Cartesian vector of
+    non-periodic data (a dipole), ``sum`` for every other one. Energies always
+    keep ``sum``. The exported model applies the same readouts."""
+
     loss: str | dict[str, LossSpecification | str] = "mae"
     """The loss, with metatrain's meaning (``mse``, ``mae``, ``huber``, ... per
     target and per gradient). pet_transfer's default is ``mae`` (PET's is ``mse``):

@@ -2,6 +2,7 @@
 
 from typing import Any, Dict, List, Literal, Optional, Tuple
 
+import torch
 from metatomic.torch import (
     AtomisticModel,
     ModelCapabilities,
@@ -18,6 +19,12 @@ from .recipe.energy_levels import (
     describe_energy_outputs,
     energy_variant_aliases,
     variant_output,
+)
+from .recipe.readouts import (
+    READOUTS_KEY,
+    ReadoutModel,
+    finish_readouts,
+    per_atom_requests,
 )
 from .restart_route import ARCHITECTURE_NAME
 from .resume import restore_random_state
@@ -78,6 +85,7 @@ class PETTransfer(PET):
         context: Literal["restart", "finetune", "export"],
     ) -> "PETTransfer":
         model = super().load_checkpoint(checkpoint, context)
+        model.readouts = checkpoint.get(READOUTS_KEY) or {}
         if context == "export":
             # `mtt eval model.ckpt` evaluates this object directly: inference mode
             model.eval()
@@ -107,7 +115,8 @@ class PETTransfer(PET):
         # description: every energy output gets one before the model is declared
         describe_energy_outputs(self.outputs, aliases)
         exported = super().export(metadata)
-        if not aliases:
+        readouts = self.readouts
+        if not aliases and not readouts:
             return exported
         capabilities = exported.capabilities()
         # the outputs the model declares, not the capabilities' list: metatomic adds
@@ -124,9 +133,23 @@ class PETTransfer(PET):
             supported_devices=capabilities.supported_devices,
             dtype=capabilities.dtype,
         )
-        return AtomisticModel(
-            EnergyVariants(self, aliases).eval(), exported.metadata(), capabilities
-        )
+        module: torch.nn.Module = self.eval()
+        if readouts:
+            module = ReadoutModel(module, readouts)
+        if aliases:
+            module = EnergyVariants(module, aliases)
+        return AtomisticModel(module.eval(), exported.metadata(), capabilities)
+
+    def __call__(self, systems, outputs, selected_atoms=None):
+        # PET's forward, then the readouts (:mod:`.recipe.readouts`): in training
+        # and in `mtt eval` on a checkpoint. The export applies them in TorchScript
+        # (`ReadoutModel`), which never calls this method.
+        readouts = self.readouts
+        if not readouts:
+            return super().__call__(systems, outputs, selected_atoms)
+        requested = per_atom_requests(outputs, readouts)
+        results = super().__call__(systems, requested, selected_atoms)
+        return finish_readouts(results, outputs, readouts, systems)
 
     def capabilities(self) -> ModelCapabilities:
         """What the exported model will declare; lets ``mtt eval`` take a ``.ckpt``."""
@@ -139,6 +162,7 @@ class PETTransfer(PET):
     def get_checkpoint(self) -> Dict:
         checkpoint = super().get_checkpoint()
         checkpoint["architecture_name"] = ARCHITECTURE_NAME
+        checkpoint[READOUTS_KEY] = dict(self.readouts)
         checkpoint.update(self.__dict__.pop("_next_checkpoint_entries", {}))
         return checkpoint
 
@@ -152,7 +176,17 @@ class PETTransfer(PET):
     # of a restarted run, after its set-up (composition and scaler fits, data
     # loaders: they draw random numbers) and just before the first resumed epoch:
     # where the random state of the checkpoint is put back
-    __jit_unused_properties__ = ["has_new_targets"]
+    __jit_unused_properties__ = ["has_new_targets", "readouts"]
+
+    @property
+    def readouts(self) -> Dict[str, str]:
+        """``{target: readout}`` of the targets not read out by PET's sum
+        (:mod:`.recipe.readouts`)."""
+        return self.__dict__.get("_readouts", {})
+
+    @readouts.setter
+    def readouts(self, value: Dict[str, str]) -> None:
+        self.__dict__["_readouts"] = dict(value)
 
     @property
     def has_new_targets(self) -> bool:

@@ -25,6 +25,7 @@ from .parallel import distributed_pet_training, on_rank_zero, start_distributed_
 from .recipe.alignment import align, set_existing_compositions
 from .recipe.distillation import EnergiesOnlyTraining, keep_pretrained_heads
 from .recipe.lora import start_lora_at_pretrained
+from .recipe.readouts import any_periodic, choose_readouts, with_readout_targets
 from .recipe.species import prepare_new_types
 from .recipe.strategies import (
     MAX_EPOCHS_WITHOUT_NUM_EPOCHS,
@@ -153,6 +154,7 @@ class Trainer(PETTrainer):
             restore_learning_rate_at_first_step(model, self.optimizer_state_dict)
             self._say_when_the_schedule_was_shorter()
         is_finetune = self.hypers["finetune"]["read_from"] is not None
+        self._set_readouts(model, train_datasets, val_datasets)
         # the plugin's passes (new rows, alignment, teacher labels) run where PET's
         # loop will train: the model goes there first, as PET's loop would take it
         model.to(device=training_device(devices, run))
@@ -222,6 +224,28 @@ class Trainer(PETTrainer):
         finally:
             for hook in new_rows_hooks:
                 hook.remove()
+
+    def _set_readouts(self, model: PETTransfer, train_datasets, val_datasets) -> None:
+        # how each property is read out of PET's per-atom predictions
+        # (recipe/readouts.py); checked with the run's inputs (checks/run_inputs.py)
+        from .recipe.alignment import trained_targets
+
+        targets = trained_targets(model, train_datasets)
+        asked = {**model.readouts, **(self.hypers.get("readouts") or {})}
+        readouts = choose_readouts(
+            targets,
+            asked,
+            [name for name in targets if name not in model.readouts],
+            periodic=any_periodic(train_datasets + val_datasets),
+        )
+        model.readouts = readouts
+        if readouts:
+            self.hypers = with_readout_targets(self.hypers, readouts)
+            logger.info(
+                "Readouts: "
+                + ", ".join(f"'{name}' {kind}" for name, kind in readouts.items())
+                + " (other targets: PET's sum over atoms; training.readouts)"
+            )
 
     def _stopped_early(self, stop: StopTraining, watch, distributed: bool) -> None:
         # what PET's loop does after its last epoch, for the epoch training ended at

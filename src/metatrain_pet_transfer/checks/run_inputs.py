@@ -135,6 +135,7 @@ def check_run_inputs(
             restart_record, checked.splits, seed, restart_from
         )
     problems += _guarded(guard, _check_exported_names, model, train_datasets)
+    problems += _guarded(guard, _check_readouts, model, hypers, train_datasets)
     files: Dict[str, object] = {}  # frames read again to explain a problem
     for section in sections:
         if section.first_sample() is None:
@@ -151,6 +152,18 @@ def check_run_inputs(
     counts = [f"{value[0]} {name}" for name, value in checked.splits.items() if value]
     logger.info(f"Run inputs checked: {', '.join(counts)} structures")
     return checked
+
+
+def _check_readouts(model, hypers: dict, train_datasets: List) -> List[str]:
+    # training.readouts: targets of the run, of a kind the readout applies to
+    asked = hypers.get("readouts") or {}
+    if not asked:
+        return []
+    from ..recipe.alignment import trained_targets
+    from ..recipe.readouts import any_periodic, readout_problems
+
+    targets = trained_targets(model, train_datasets)
+    return readout_problems(targets, asked, periodic=any_periodic(train_datasets))
 
 
 def _guarded(guard: Guard, check: Callable[..., List[str]], *args) -> List[str]:

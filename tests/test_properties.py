@@ -1,0 +1,193 @@
+"""New properties: how they are read out of PET's per-atom predictions.
+
+The readouts' arithmetic on hand-made numbers (a rotated molecule rotates the
+charges' dipole, a translated one leaves it alone, ``mean`` averages), then one
+``mtt train`` with an energy, a dipole and a gap in one model: the readouts are
+chosen, logged, stored in the checkpoint and applied by the exported model; a wrong
+``readouts`` option stops the run before training, naming the key.
+"""
+
+import shutil
+
+import ase.io
+import numpy as np
+import pytest
+import torch
+from metatensor.torch import Labels, TensorBlock, TensorMap
+from metatomic.torch import System
+from scipy.spatial.transform import Rotation
+
+from conftest import DATA, run_mtt, transfer_options, write_yaml
+from metatrain_pet_transfer.recipe.readouts import apply_readout
+
+
+def _per_atom(values: torch.Tensor, lengths, components=True) -> TensorMap:
+    samples = torch.tensor(
+        [[s, a] for s, n in enumerate(lengths) for a in range(n)], dtype=torch.int32
+    )
+    comps = [Labels(["xyz"], torch.arange(3).reshape(-1, 1))] if components else []
+    block = TensorBlock(
+        values=values,
+        samples=Labels(["system", "atom"], samples),
+        components=comps,
+        properties=Labels(["property"], torch.tensor([[0]])),
+    )
+    return TensorMap(Labels.single(), [block])
+
+
+def _system(positions) -> System:
+    n = len(positions)
+    return System(
+        types=torch.ones(n, dtype=torch.int32),
+        positions=torch.as_tensor(positions, dtype=torch.float64),
+        cell=torch.zeros(3, 3, dtype=torch.float64),
+        pbc=torch.zeros(3, dtype=torch.bool),
+    )
+
+
+def test_charges_dipole_rotates_with_the_molecule_and_ignores_the_origin():
+    generator = np.random.default_rng(0)
+    lengths = [5, 3]
+    positions = [generator.normal(size=(n, 3)) for n in lengths]
+    # invariant per-atom charges: the same three channels however the molecule turns
+    charges = torch.tensor(generator.normal(size=(sum(lengths), 1, 1)))
+    atomic = _per_atom(charges.repeat(1, 3, 1), lengths)
+
+    dipole = apply_readout("charges", atomic, [_system(p) for p in positions])
+    values = dipole.block().values[:, :, 0].numpy()
+    # by hand: charges shifted to sum to zero per molecule, times positions
+    start = 0
+    for s, n in enumerate(lengths):
+        q = charges[start : start + n, 0, 0].numpy()
+        q = q - q.mean()
+        np.testing.assert_allclose(values[s], q @ positions[s], atol=1e-12)
+        start += n
+
+    rotation = Rotation.random(random_state=1).as_matrix()
+    moved = [p @ rotation.T + np.array([3.0, -7.0, 11.0]) for p in positions]
+    rotated = apply_readout("charges", atomic, [_system(p) for p in moved])
+    np.testing.assert_allclose(
+        rotated.block().values[:, :, 0].numpy(), values @ rotation.T, atol=1e-12
+    )
+    assert dipole.block().samples.names == ["system"]
+
+
+def test_mean_readout_averages_the_atoms():
+    lengths = [4, 2]
+    values = torch.arange(6, dtype=torch.float64).reshape(6, 1)
+    atomic = _per_atom(values, lengths, components=False)
+    systems = [_system(np.zeros((n, 3))) for n in lengths]
+    mean = apply_readout("mean", atomic, systems).block().values[:, 0]
+    assert mean.tolist() == [1.5, 4.5]  # (0+1+2+3)/4, (4+5)/2
+
+
+def _properties_options(readouts=None, epochs=2):
+    options = transfer_options(epochs=epochs)
+    options["training_set"]["systems"]["read_from"] = "props_small.xyz"
+    targets = options["training_set"]["targets"]
+    targets["mtt::dipole"] = {
+        "quantity": "",
+        "key": "dipole_pbe0",
+        "unit": "",
+        "type": {"cartesian": {"rank": 1}},
+        "per_atom": False,
+        "num_subtargets": 1,
+    }
+    targets["mtt::gap"] = {
+        "quantity": "",
+        "key": "gap_pbe0",
+        "unit": "eV",
+        "type": "scalar",
+        "per_atom": False,
+        "num_subtargets": 1,
+    }
+    if readouts is not None:
+        options["architecture"]["training"]["readouts"] = readouts
+    return options
+
+
+def test_energy_dipole_and_gap_train_in_one_model(workdir):
+    shutil.copy(DATA / "props_small.xyz", workdir / "props_small.xyz")
+    options = _properties_options(readouts={"mtt::gap": "mean"})
+    write_yaml(workdir / "options.yaml", options)
+    result = run_mtt(["train", "options.yaml"], cwd=workdir)
+    log = result.stdout + result.stderr
+    assert "Readouts: 'mtt::dipole' charges, 'mtt::gap' mean" in log, log[-3000:]
+
+    checkpoint = torch.load(workdir / "model.ckpt", weights_only=False)
+    assert checkpoint["pet_transfer_readouts"] == {
+        "mtt::dipole": "charges",
+        "mtt::gap": "mean",
+    }
+    # one model, every head
+    names = checkpoint["model_state_dict"]
+    for target in ("mtt::energy_pbe0", "mtt::dipole", "mtt::gap"):
+        assert any(f"node_last_layers.{target}." in k for k in names), target
+
+    # the exported model (TorchScript) applies the readouts as the checkpoint does
+    # (`mtt eval model.ckpt`, in Python), and its dipole is origin-free
+    from metatomic.torch import (
+        ModelEvaluationOptions,
+        load_atomistic_model,
+        systems_to_torch,
+    )
+    from metatrain.utils.io import load_model
+    from metatrain.utils.neighbor_lists import (
+        get_requested_neighbor_lists,
+        get_system_with_neighbor_lists,
+    )
+
+    checkpointed = load_model(workdir / "model.ckpt")
+    exported = load_atomistic_model(str(workdir / "model.pt"))
+    frames = ase.io.read(workdir / "props_small.xyz", ":3")
+    moved = [frame.copy() for frame in frames]
+    for frame in moved:
+        frame.positions += np.array([5.0, -3.0, 2.0])
+    outputs = {name: _output() for name in ("mtt::dipole", "mtt::gap")}
+    requested = get_requested_neighbor_lists(checkpointed)
+    options = ModelEvaluationOptions(length_unit="angstrom", outputs=outputs)
+    results = []
+    for structures in (frames, moved):
+        systems = [
+            get_system_with_neighbor_lists(system, requested)
+            for system in systems_to_torch(structures, dtype=torch.float32)
+        ]
+        results.append(
+            {
+                "pt": exported(systems, options, check_consistency=True),
+                "ckpt": checkpointed(systems, outputs, None),
+            }
+        )
+    for name in outputs:
+        values = {
+            (i, kind): result[kind][name].block().values.detach().numpy()
+            for i, result in enumerate(results)
+            for kind in ("pt", "ckpt")
+        }
+        assert values[0, "pt"].shape[0] == 3
+        np.testing.assert_allclose(values[0, "pt"], values[0, "ckpt"], atol=1e-5)
+        np.testing.assert_allclose(values[0, "pt"], values[1, "pt"], atol=1e-4)
+
+
+def _output():
+    from metatomic.torch import ModelOutput
+
+    return ModelOutput(sample_kind="system")
+
+
+@pytest.mark.parametrize(
+    "readouts, message",
+    [
+        ({"mtt::gap": "charges"}, "training.readouts.mtt::gap: 'charges' builds"),
+        ({"mtt::dipol": "mean"}, "training.readouts.mtt::dipol: the run has no"),
+        ({"mtt::energy_pbe0": "mean"}, "energies are extensive"),
+    ],
+)
+def test_bad_readouts_stop_before_training(workdir, readouts, message):
+    shutil.copy(DATA / "props_small.xyz", workdir / "props_small.xyz")
+    write_yaml(workdir / "options.yaml", _properties_options(readouts, epochs=1))
+    result = run_mtt(["train", "options.yaml"], cwd=workdir, check=False)
+    log = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert message in log, log[-3000:]
+    assert "Epoch" not in log.split(message)[0]
