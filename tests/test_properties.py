@@ -113,6 +113,9 @@ def test_energy_dipole_and_gap_train_in_one_model(workdir):
     result = run_mtt(["train", "options.yaml"], cwd=workdir)
     log = result.stdout + result.stderr
     assert "Readouts: 'mtt::dipole' charges, 'mtt::gap' mean" in log, log[-3000:]
+    for target in ("mtt::dipole", "mtt::gap"):
+        assert f"Probe start: '{target}' last layer fitted" in log, log[-3000:]
+    assert "Probe start: 'mtt::energy_pbe0'" not in log  # energies: the alignment
 
     checkpoint = torch.load(workdir / "model.ckpt", weights_only=False)
     assert checkpoint["pet_transfer_readouts"] == {
@@ -191,3 +194,106 @@ def test_bad_readouts_stop_before_training(workdir, readouts, message):
     assert result.returncode != 0
     assert message in log, log[-3000:]
     assert "Epoch" not in log.split(message)[0]
+
+
+def _dipole_only(workdir, epochs, **training):
+    frames = ase.io.read(DATA / "props_small.xyz", ":")
+    ase.io.write(workdir / "train.xyz", frames[:20])
+    ase.io.write(workdir / "val.xyz", frames[20:])
+    options = _properties_options(epochs=epochs)
+    options["architecture"]["training"].update(training)
+    targets = options["training_set"]["targets"]
+    options["training_set"] = {
+        "systems": {"read_from": "train.xyz", "length_unit": "angstrom"},
+        "targets": {"mtt::dipole": targets["mtt::dipole"]},
+    }
+    options["validation_set"] = {**options["training_set"]}
+    options["validation_set"]["systems"] = {
+        "read_from": "val.xyz",
+        "length_unit": "angstrom",
+    }
+    options["test_set"] = 0.0
+    write_yaml(workdir / "options.yaml", options)
+    result = run_mtt(["train", "options.yaml"], cwd=workdir)
+    return result.stdout + result.stderr
+
+
+def _energy_features(checkpoint, frames):
+    """The pretrained model's per-atom last-layer features of its energy head."""
+    from metatomic.torch import ModelOutput, systems_to_torch
+    from metatrain.utils.io import load_model
+    from metatrain.utils.neighbor_lists import (
+        get_requested_neighbor_lists,
+        get_system_with_neighbor_lists,
+    )
+
+    model = load_model(checkpoint)
+    requested = get_requested_neighbor_lists(model)
+    name = "mtt::aux::energy_last_layer_features"
+    features = []
+    for frame in frames:
+        (system,) = systems_to_torch([frame], dtype=torch.float32)
+        system = get_system_with_neighbor_lists(system, requested)
+        output = model([system], {name: ModelOutput(sample_kind="atom")})
+        features.append(output[name].block().values.detach().double().numpy())
+    return features
+
+
+def _charges_rows(frames, features):
+    rows = []
+    for frame, values in zip(frames, features, strict=True):
+        relative = frame.positions - frame.positions.mean(axis=0)
+        rows.append(relative.T @ values)  # [3, features]
+    return np.concatenate(rows)
+
+
+def test_probe_start_is_the_ridge_fit_computed_by_hand(workdir):
+    """With 0 epochs the exported dipole model is the probe: by hand, the ridge
+    regression (standardized features, each penalty of the list, the best on the
+    validation RMSE) of the PBE0 dipoles on the pretrained energy head's
+    last-layer features through the charges' readout."""
+    from metatrain_pet_transfer.recipe.probe import PENALTIES
+
+    log = _dipole_only(workdir, epochs=0, ema_decay=None)
+    assert "Probe start: 'mtt::dipole' last layer fitted" in log, log[-3000:]
+    train = ase.io.read(workdir / "train.xyz", ":")
+    val = ase.io.read(workdir / "val.xyz", ":")
+    rows = _charges_rows(train, _energy_features(workdir / "pretrained.ckpt", train))
+    val_rows = _charges_rows(val, _energy_features(workdir / "pretrained.ckpt", val))
+    labels = np.concatenate([f.info["dipole_pbe0"] for f in train])
+    val_labels = np.concatenate([f.info["dipole_pbe0"] for f in val])
+    norms = np.sqrt((rows**2).mean(axis=0))
+    norms[norms == 0] = 1.0
+    best = None
+    for penalty in PENALTIES:
+        a = rows / norms
+        # ridge as least squares on the augmented system [A; sqrt(m l) I]
+        augmented = np.vstack([a, np.sqrt(penalty * len(a)) * np.eye(a.shape[1])])
+        target = np.concatenate([labels, np.zeros(a.shape[1])])
+        weights = np.linalg.lstsq(augmented, target, rcond=None)[0] / norms
+        predicted = val_rows @ weights
+        rmse = np.sqrt(((predicted - val_labels) ** 2).mean())
+        if best is None or rmse < best[0]:
+            best = (rmse, predicted, penalty)
+    assert f"ridge penalty {best[2]:g} chosen" in log
+
+    from metatomic_ase import MetatomicCalculator
+
+    calculator = MetatomicCalculator(str(workdir / "model.pt"))
+    exported = np.concatenate(
+        [
+            calculator.run_model(frame, {"mtt::dipole": _output()})["mtt::dipole"]
+            .block()
+            .values.detach()
+            .numpy()
+            .reshape(3)
+            for frame in val
+        ]
+    )
+    # float32 model against a float64 fit: agreement to 1e-3 of the dipoles' size
+    scale = np.abs(val_labels).mean()
+    np.testing.assert_allclose(exported, best[1], atol=1e-3 * scale)
+    # and it learned something: far better than the training mean
+    mean = labels.reshape(-1, 3).mean(axis=0)
+    mean_error = np.abs(val_labels.reshape(-1, 3) - mean).mean()
+    assert np.abs(exported - val_labels).mean() < 0.5 * mean_error

@@ -343,6 +343,16 @@ class TrainerHypers(PETTrainerHypers):
     non-periodic data (a dipole), ``sum`` for every other one. Energies always
     keep ``sum``. The exported model applies the same readouts."""
 
+    probe_start: Optional[bool] = None
+    """Start new property heads as a linear probe of the pretrained features
+    (docs/properties.md): their hidden layers copied from the pretrained energy
+    head, their last layer fitted in closed form (ridge, penalty chosen on the
+    validation set) through the target's readout, before the first step; the log
+    gives the probe's validation errors next to those of predicting the mean.
+    ``null`` (default): for new per-structure targets without gradients (a dipole,
+    a gap); ``true``: per-atom targets too; ``false``: random heads (metatrain's
+    start). Energies start from the alignment instead."""
+
     loss: str | dict[str, LossSpecification | str] = "mae"
     """The loss, with metatrain's meaning (``mse``, ``mae``, ``huber``, ... per
     target and per gradient). pet_transfer's default is ``mae`` (PET's is ``mse``):

@@ -25,6 +25,12 @@ from .parallel import distributed_pet_training, on_rank_zero, start_distributed_
 from .recipe.alignment import align, set_existing_compositions
 from .recipe.distillation import EnergiesOnlyTraining, keep_pretrained_heads
 from .recipe.lora import start_lora_at_pretrained
+from .recipe.probe import (
+    ProbeStart,
+    pretrained_targets,
+    probe_targets,
+    start_hidden_layers,
+)
 from .recipe.readouts import any_periodic, choose_readouts, with_readout_targets
 from .recipe.species import prepare_new_types
 from .recipe.strategies import (
@@ -170,6 +176,18 @@ class Trainer(PETTrainer):
                 align, model, self.hypers, train_datasets, val_datasets, dtype
             )
             set_existing_compositions(model, self.aligned_targets)  # other ranks
+        probed = []
+        if is_finetune and not is_restart:
+            pretrained = pretrained_targets(self.hypers["finetune"]["read_from"])
+            probed = probe_targets(model, self.hypers, train_datasets, pretrained)
+            if probed:
+                source = start_hidden_layers(model, probed, pretrained)
+                if source is not None:
+                    logger.info(
+                        "Probe start: the hidden layers of "
+                        + ", ".join(f"'{name}'" for name in probed)
+                        + f" start from the pretrained '{source}' head"
+                    )
         finetune = self.hypers["finetune"]
         if is_finetune and finetune["method"] == "lora":
             start_lora_at_pretrained(model, finetune)
@@ -194,6 +212,18 @@ class Trainer(PETTrainer):
         strategies = training_strategies(
             model, self.hypers, self.best_epoch, self.best_metric
         )
+        if probed:
+            # first: the weights it sets are those averaging and L2-SP start from
+            probe = ProbeStart(
+                model,
+                probed,
+                model.readouts,
+                train_datasets,
+                val_datasets,
+                self.hypers["batch_size"],
+                dtype,
+            )
+            strategies.insert(0, probe)
         kept_heads = contextlib.nullcontext()
         if self.kept_heads and not self.hypers.get("kept_heads_on_forces", False):
             kept_heads = EnergiesOnlyTraining(model, self.kept_heads)
