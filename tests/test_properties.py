@@ -122,6 +122,22 @@ def test_energy_dipole_and_gap_train_in_one_model(workdir):
         "mtt::dipole": "charges",
         "mtt::gap": "mean",
     }
+    # inspect names the readouts
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tool = str(Path(sys.executable).parent / "mtt-transfer")
+    described = subprocess.run(
+        [tool, "inspect", "model.ckpt"],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "head parameters, readout charges" in described, described
+    assert "head parameters, readout mean" in described, described
+
     # one model, every head
     names = checkpoint["model_state_dict"]
     for target in ("mtt::energy_pbe0", "mtt::dipole", "mtt::gap"):

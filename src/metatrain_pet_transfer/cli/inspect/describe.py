@@ -105,6 +105,10 @@ def _describe(checkpoint: Dict[str, Any], path: Path) -> Dict[str, Any]:
         name: _describe_target(info, state_dict, name)
         for name, info in dataset_info.targets.items()
     }
+    # how each target is read out of PET's per-atom predictions (recipe/readouts.py)
+    readouts = checkpoint.get("pet_transfer_readouts") or {}
+    for name, target in targets.items():
+        target["readout"] = readouts.get(name, "sum")
     versions = _versions(checkpoint)
     return {
         "path": str(path),

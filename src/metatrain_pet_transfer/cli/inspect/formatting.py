@@ -55,6 +55,7 @@ def format_summary(summary: Dict[str, Any]) -> str:
             f"  {name}: quantity={target['quantity'] or '(none)'}, "
             f"unit={target['unit'] or '(none)'}, gradients={gradients}, {kind}, "
             f"{target['head_parameters']} head parameters"
+            + (f", readout {target['readout']}" if target.get("readout") else "")
         )
     lines += ["", "composition weights:"]
     if not summary["composition_weights"]:
