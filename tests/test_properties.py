@@ -313,3 +313,30 @@ def test_probe_start_is_the_ridge_fit_computed_by_hand(workdir):
     mean = labels.reshape(-1, 3).mean(axis=0)
     mean_error = np.abs(val_labels.reshape(-1, 3) - mean).mean()
     assert np.abs(exported - val_labels).mean() < 0.5 * mean_error
+
+
+def test_defaults_move_a_random_head(workdir):
+    """A random dipole head barely moves at the default learning rate (three epochs
+    of 20 frames change its last layer by about 1 %: the issue's complaint); the
+    default probe start moves it to the probe before the first step."""
+    heads = {}
+    for name, training in {
+        "random": {"probe_start": False},
+        "default": {},
+    }.items():
+        folder = workdir / name
+        folder.mkdir()
+        shutil.copy(workdir / "pretrained.ckpt", folder / "pretrained.ckpt")
+        log = _dipole_only(folder, epochs=0, ema_decay=None, **training)
+        assert ("Probe start: 'mtt::dipole'" in log) == (name == "default")
+        state = torch.load(folder / "model.ckpt", weights_only=False)
+        state = state["best_model_state_dict"] or state["model_state_dict"]
+        heads[name] = torch.cat(
+            [
+                value.flatten()
+                for key, value in state.items()
+                if "last_layers.mtt::dipole." in key
+            ]
+        )
+    change = (heads["default"] - heads["random"]).norm() / heads["random"].norm()
+    assert change > 0.5, change
