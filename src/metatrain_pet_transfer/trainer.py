@@ -21,7 +21,12 @@ from .checks.stop import stop_run
 from .documentation import with_method_defaults
 from .host_log import tidy_host_log
 from .model import PETTransfer
-from .parallel import distributed_pet_training, on_rank_zero, start_distributed_run
+from .parallel import (
+    distributed_pet_training,
+    leave_process_group,
+    on_rank_zero,
+    start_distributed_run,
+)
 from .recipe.alignment import align, set_existing_compositions
 from .recipe.distillation import EnergiesOnlyTraining, keep_pretrained_heads
 from .recipe.lora import start_lora_at_pretrained
@@ -151,6 +156,7 @@ class Trainer(PETTrainer):
                 restart_record=self._restart_record,
             )
         except RunInputError as error:
+            leave_process_group()  # every rank got the error: all stop together
             stop_run(error)  # the message alone, not "an architecture's bug"
         if self._restart_record is not None:
             # put back when PET restores the optimizer state, after its set-up

@@ -13,12 +13,13 @@ everything goes through ``torch.distributed``.
 
 from .environment import DistributedRun, start_distributed_run
 from .pet_seams import distributed_pet_training
-from .rank_zero import on_rank_zero
+from .rank_zero import leave_process_group, on_rank_zero
 
 
 __all__ = [
     "DistributedRun",
     "distributed_pet_training",
+    "leave_process_group",
     "on_rank_zero",
     "start_distributed_run",
 ]

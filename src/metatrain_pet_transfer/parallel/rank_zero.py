@@ -59,3 +59,17 @@ def _portable(error: Exception) -> Exception:
     except Exception:
         pass
     return RuntimeError(f"{type(error).__name__}: {error}")
+
+
+def leave_process_group() -> None:
+    """Every rank leaves the process group together (a barrier, then its
+    destruction), as PET's trainer does after its last epoch: a rank that exits
+    while another still talks to it aborts in gloo's teardown ("terminate called
+    without an active exception") instead of exiting with its own status. For a
+    run that stops on an error every rank raised (:func:`on_rank_zero`)."""
+    if not is_distributed():
+        return
+    try:
+        torch.distributed.barrier()
+    finally:
+        torch.distributed.destroy_process_group()
