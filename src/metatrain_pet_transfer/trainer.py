@@ -28,6 +28,7 @@ from .parallel import (
     start_distributed_run,
 )
 from .recipe.alignment import align, set_existing_compositions
+from .recipe.datasets import trained_targets
 from .recipe.distillation import EnergiesOnlyTraining, keep_pretrained_heads
 from .recipe.lora import start_lora_at_pretrained
 from .recipe.probe import (
@@ -264,8 +265,6 @@ class Trainer(PETTrainer):
     def _set_readouts(self, model: PETTransfer, train_datasets, val_datasets) -> None:
         # how each property is read out of PET's per-atom predictions
         # (recipe/readouts.py); checked with the run's inputs (checks/run_inputs.py)
-        from .recipe.alignment import trained_targets
-
         targets = trained_targets(model, train_datasets)
         asked = {**model.readouts, **(self.hypers.get("readouts") or {})}
         readouts = choose_readouts(

@@ -26,7 +26,7 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 
-from ..recipe.alignment import trained_targets
+from ..recipe.datasets import trained_targets
 from ..recipe.energy_levels import energy_variant_name
 from .command_line import mtt_train_call
 from .gradients import check_requested_gradients
@@ -159,7 +159,6 @@ def _check_readouts(model, hypers: dict, train_datasets: List) -> List[str]:
     asked = hypers.get("readouts") or {}
     if not asked:
         return []
-    from ..recipe.alignment import trained_targets
     from ..recipe.readouts import any_periodic, readout_problems
 
     targets = trained_targets(model, train_datasets)

@@ -36,22 +36,17 @@ sets, and returned for the run report.
 import copy
 import logging
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Union
+from typing import Dict, List, Optional
 
 import metatensor.torch as mts
 import numpy as np
 import torch
-from metatrain.utils.data import CollateFn, Dataset, TargetInfo, unpack_batch
+from metatrain.utils.data import TargetInfo
 from metatrain.utils.evaluate_model import evaluate_model
 from metatrain.utils.metrics import MAEAccumulator, RMSEAccumulator
-from metatrain.utils.neighbor_lists import (
-    get_requested_neighbor_lists,
-    get_system_with_neighbor_lists_transform,
-)
 from metatrain.utils.per_atom import average_by_num_atoms
-from metatrain.utils.transfer import batch_to
-from torch.utils.data import DataLoader
 
+from .datasets import DatasetLike, evaluation_batches, trained_targets
 from .units import (
     force_products,
     format_metrics,
@@ -63,8 +58,6 @@ from .units import (
 
 
 logger = logging.getLogger(__name__)
-
-DatasetLike = Union[Dataset, torch.utils.data.Subset]
 
 
 @dataclass
@@ -88,19 +81,6 @@ class AlignedTarget:
     """labels against the converted pretrained predictions (:func:`.label_slope`)"""
     zero_shot: Dict[str, Dict[str, float]] = field(default_factory=dict)
     """``{"training"|"validation": {metric name: value}}`` before any step"""
-
-
-def trained_targets(model, datasets: List[DatasetLike]) -> Dict[str, TargetInfo]:
-    """Targets of the model for which the datasets of this run have labels."""
-    present = set()
-    for dataset in datasets:
-        if len(dataset) > 0:
-            present.update(dataset[0]._asdict().keys())
-    return {
-        name: info
-        for name, info in model.dataset_info.targets.items()
-        if name in present
-    }
 
 
 def new_targets(model) -> List[str]:
@@ -182,36 +162,6 @@ class _Predictions:
     mae: MAEAccumulator
     force_products: np.ndarray = field(default_factory=lambda: np.zeros(3))
     """:func:`.units.force_products` summed over the batches"""
-
-
-def evaluation_batches(
-    model,
-    datasets: List[DatasetLike],
-    batch_size: int,
-    dtype: torch.dtype,
-    target_keys: List[str],
-):
-    """Batches of ``datasets``, in order, as ``mtt eval`` feeds a model: systems
-    with the model's neighbor lists, on its device, in ``dtype``.
-
-    :yield: ``(systems, targets, extra_data)`` per batch (``targets`` holds the
-        ``target_keys`` labels)
-    """
-    device = next(model.parameters()).device
-    collate = CollateFn(
-        target_keys=target_keys,
-        callables=[
-            get_system_with_neighbor_lists_transform(
-                get_requested_neighbor_lists(model)
-            )
-        ],
-    )
-    for dataset in datasets:
-        if len(dataset) == 0:
-            continue
-        for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=collate):
-            systems, targets, extra_data = unpack_batch(batch)
-            yield batch_to(systems, targets, extra_data, dtype=dtype, device=device)
 
 
 def _predict(

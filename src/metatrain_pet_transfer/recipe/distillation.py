@@ -38,7 +38,7 @@ from metatrain.utils.io import model_from_checkpoint
 
 from ..checkpoints import load_checkpoint_safely
 from ..parallel.rank_zero import on_rank_zero
-from .alignment import DatasetLike, evaluation_batches
+from .datasets import DatasetLike, evaluation_batches, systems_of
 from .strategies.loop_events import Strategy
 
 
@@ -70,11 +70,7 @@ def heads_to_keep(model, method: str, datasets: List[DatasetLike]) -> List[str]:
 
 
 def _all_periodic(datasets: List[DatasetLike]) -> bool:
-    for dataset in datasets:
-        for index in range(len(dataset)):
-            if not bool(dataset[index]._asdict()["system"].pbc.all()):
-                return False
-    return True
+    return all(bool(system.pbc.all()) for system in systems_of(datasets))
 
 
 def load_pretrained(read_from: str, dtype: torch.dtype, device: torch.device):

@@ -32,7 +32,8 @@ from metatensor.torch import TensorBlock, TensorMap
 from metatomic.torch import ModelOutput
 
 from ..parallel import on_rank_zero
-from .alignment import evaluation_batches
+from .datasets import evaluation_batches, trained_targets
+from .readouts import atom_positions
 from .strategies.loop_events import Strategy
 
 
@@ -57,8 +58,6 @@ def probe_targets(
     ``pretrained`` targets) of non-energy targets without gradients, per structure
     (per atom too with ``probe_start: true``), not inherited from a pretrained
     head."""
-    from .alignment import trained_targets
-
     setting = hypers.get("probe_start")
     if setting is False:
         return []
@@ -174,10 +173,11 @@ def _collect(model, name, info, readout, datasets, batch_size, dtype) -> _Design
         sums = np.zeros((n_structures, values.shape[1]))
         np.add.at(sums, structure, values)
         if readout == "charges":
-            positions = torch.cat([s.positions for s in systems]).cpu().double()
-            atom = features.samples.column("atom").cpu().numpy()
-            starts = np.concatenate([[0], np.cumsum([len(s) for s in systems])[:-1]])
-            positions = positions.numpy()[starts[structure] + atom]
+            samples = features.samples
+            positions = atom_positions(
+                systems, samples.column("system"), samples.column("atom")
+            )
+            positions = positions.detach().cpu().double().numpy()
             centers = np.zeros((n_structures, 3))
             np.add.at(centers, structure, positions)
             relative = positions - (centers / counts[:, None])[structure]

@@ -29,9 +29,9 @@ import torch
 from metatensor.torch import Labels, TensorBlock, TensorMap
 from metatomic.torch import ModelOutput, System
 
+from .datasets import systems_of
 
-#: the readouts, as the ``readouts`` option names them
-READOUTS = ("sum", "mean", "charges")
+
 #: checkpoint key of the model's readouts (``{target: readout}``, ``sum`` left out)
 READOUTS_KEY = "pet_transfer_readouts"
 
@@ -69,7 +69,7 @@ def apply_readout(kind: str, atomic: TensorMap, systems: List[System]) -> Tensor
         total.index_add_(0, structure, charges)
         mean_charge = total / counts.clamp(min=1.0).unsqueeze(1)
         charges = charges - mean_charge[structure]  # each structure sums to zero
-        positions = _atom_positions(systems, structure, atom).to(charges.dtype)
+        positions = atom_positions(systems, structure, atom).to(charges.dtype)
         centers = torch.zeros([n_structures, 3], dtype=charges.dtype, device=device)
         centers.index_add_(0, structure, positions)
         centers = centers / counts.clamp(min=1.0).unsqueeze(1)
@@ -97,10 +97,10 @@ def apply_readout(kind: str, atomic: TensorMap, systems: List[System]) -> Tensor
     )
 
 
-def _atom_positions(
+def atom_positions(
     systems: List[System], structure: torch.Tensor, atom: torch.Tensor
 ) -> torch.Tensor:
-    # positions of the samples (system, atom), whatever their order
+    """Positions of the samples ``(system, atom)``, whatever their order."""
     lengths = [len(system) for system in systems]
     starts = torch.zeros(len(systems), dtype=torch.long, device=structure.device)
     if len(lengths) > 1:
@@ -169,11 +169,7 @@ class ReadoutModel(torch.nn.Module):
 
 def any_periodic(datasets) -> bool:
     """Whether a structure of ``datasets`` has a periodic direction."""
-    for dataset in datasets:
-        for index in range(len(dataset)):
-            if bool(dataset[index]["system"].pbc.any()):
-                return True
-    return False
+    return any(bool(system.pbc.any()) for system in systems_of(datasets))
 
 
 def is_dipole_like(target) -> bool:
