@@ -251,3 +251,20 @@ def heads_run(tmp_path_factory) -> Path:
     write_yaml(folder / "options.yaml", transfer_options(method="heads", epochs=1))
     run_mtt(["train", "options.yaml", "-o", "model.pt"], cwd=folder)
     return folder
+
+
+def ase_predictions(model, frames, level=None):
+    """Energies and forces of an exported model in ASE: the default ``energy``, or
+    the variant ``energy/<level>``."""
+    import numpy as np
+    from metatomic_ase import MetatomicCalculator
+
+    variants = {"energy": level} if level else None
+    calculator = MetatomicCalculator(str(model), variants=variants)
+    energies, forces = [], []
+    for atoms in frames:
+        atoms = atoms.copy()
+        atoms.calc = calculator
+        energies.append(atoms.get_potential_energy())
+        forces.append(atoms.get_forces())
+    return np.array(energies), np.concatenate(forces)

@@ -7,9 +7,8 @@ import ase.io
 import numpy as np
 import pytest
 import torch
-from metatomic_ase import MetatomicCalculator
 
-from conftest import run_mtt, transfer_options, write_yaml
+from conftest import ase_predictions, run_mtt, transfer_options, write_yaml
 
 
 def options(epochs=4, keep=True, method="full", on_forces=False):
@@ -38,14 +37,7 @@ def train(folder, config, output):
 
 def forces(model, frames, variant=None):
     """Forces of ``energy`` (the pretrained level) or of ``energy/<variant>``."""
-    variants = {"energy": variant} if variant else None
-    calculator = MetatomicCalculator(str(model), variants=variants)
-    forces = []
-    for atoms in frames:
-        atoms = atoms.copy()
-        atoms.calc = calculator
-        forces.append(atoms.get_forces())
-    return np.concatenate(forces)
+    return ase_predictions(model, frames, variant)[1]
 
 
 HEAD_MODULES = ["node_heads", "edge_heads", "node_last_layers", "edge_last_layers"]
@@ -118,41 +110,82 @@ def train_csv_header(folder) -> str:
     return csv.read_text().splitlines()[0]
 
 
-def test_with_lora_the_kept_head_is_served_frozen(workdir):
-    """LoRA freezes every head, the kept one too: it is served next to the new
-    level with the pretrained head's weights, on the adapted backbone.
+def mtt_eval_energies(folder, model, output):
+    """``mtt eval MODEL`` of the pretrained level (``energy``) on the frames."""
+    write_yaml(
+        folder / "eval-old.yaml",
+        {
+            "systems": {"read_from": "pbe0_small.xyz", "length_unit": "angstrom"},
+            "targets": {
+                "energy": {
+                    "quantity": "energy",
+                    "key": "energy_xtb",
+                    "unit": "eV",
+                    "forces": {"key": "forces_xtb"},
+                }
+            },
+        },
+    )
+    run_mtt(["eval", model, "eval-old.yaml", "-o", output], cwd=folder)
+    frames = ase.io.read(folder / output, ":")
+    return np.array([atoms.get_potential_energy() for atoms in frames])
 
-    How close it stays is not tested: on this tiny PET the adapters hold the old
-    level no better than without the option (old-level force deviation from the
-    pretrained model 14.58 vs 14.80 meV/A after 4 epochs, rank 2, alpha 16), and
-    no worse when the kept head's labels come from another model (docs/transfer.md).
-    """
-    from metatomic.torch import load_atomistic_model
 
-    # here on the pretrained forces too: kept_heads_on_forces
-    log = train(workdir, options(method="lora", on_forces=True), "model.pt")
-    assert "Keeping the pretrained head 'energy' valid" in log
-    assert "pretrained model's own energies and forces for the" in log
-    header = train_csv_header(workdir)
-    assert "training forces MAE" in header and "validation forces MAE" in header
+def assert_serves_the_pretrained_level(folder, frames):
+    """``model.pt`` and ``mtt eval model.ckpt`` give the pretrained ``energy`` bit
+    for bit; returns the pretrained model's energies and forces."""
+    run_mtt(["export", "pretrained.ckpt", "-o", "pretrained.pt"], cwd=folder)
+    reference = ase_predictions(folder / "pretrained.pt", frames)
+    served = ase_predictions(folder / "model.pt", frames)
+    assert np.array_equal(served[0], reference[0])
+    assert np.array_equal(served[1], reference[1])
+    # `mtt eval` on the checkpoint (PETTransfer.__call__) serves the same level
+    from_checkpoint = mtt_eval_energies(folder, "model.ckpt", "checkpoint.xyz")
+    from_pretrained = mtt_eval_energies(folder, "pretrained.pt", "pretrained.xyz")
+    assert np.array_equal(from_checkpoint, from_pretrained)
+    return reference
 
-    outputs = load_atomistic_model(str(workdir / "model.pt")).capabilities().outputs
-    assert {"energy", "energy/pbe0"} <= set(outputs), list(outputs)
-    trained = torch.load(workdir / "model.ckpt", weights_only=False)
-    trained = trained["model_state_dict"]  # the last epoch
-    source = torch.load(workdir / "pretrained.ckpt", weights_only=False)
-    source = source["best_model_state_dict"] or source["model_state_dict"]
-    kept = [
-        key
-        for key in trained
-        if any(key.startswith(f"backend.{m}.energy.") for m in HEAD_MODULES)
-    ]
-    assert kept
-    for key in kept:
-        assert torch.equal(trained[key], source[key]), key
-    # while the adapters moved: the old level is computed on another backbone
-    adapters = [key for key in trained if key.endswith("lora_B.weight")]
-    assert adapters and any(trained[key].any() for key in adapters)
+
+def test_with_lora_the_old_level_is_the_pretrained_model_exactly(workdir):
+    """``lora`` + ``keep_pretrained_heads``: the old level is served by the backbone
+    without its adapters, so it equals the pretrained model bit for bit, in the
+    exported model and in ``mtt eval`` on the checkpoint, and keeping it changes
+    nothing in the new level's training."""
+    frames = ase.io.read(workdir / "pbe0_small.xyz", ":")
+    log = train(workdir, options(method="lora"), "model.pt")
+    assert "Keeping the pretrained head 'energy' exactly" in log
+    reference = assert_serves_the_pretrained_level(workdir, frames)
+    checkpoint = torch.load(workdir / "model.ckpt", weights_only=False)
+    assert checkpoint["pet_transfer_pretrained_backbone_outputs"] == ["energy"]
+
+    # control: the adapters moved, so the kept head on the adapted backbone (what
+    # the checkpoint serves without the record) is another model
+    checkpoint["pet_transfer_pretrained_backbone_outputs"] = []
+    torch.save(checkpoint, workdir / "adapted.ckpt")
+    run_mtt(["export", "adapted.ckpt", "-o", "adapted.pt"], cwd=workdir)
+    adapted = ase_predictions(workdir / "adapted.pt", frames)
+    assert np.abs(adapted[1] - reference[1]).mean() > 1e-3
+
+    # the new level trains as without keeping: the same model, bit for bit
+    new_level = ase_predictions(workdir / "model.pt", frames, "pbe0")
+    (workdir / "alone").mkdir()
+    for name in ["pbe0_small.xyz", "pretrained.ckpt"]:
+        (workdir / "alone" / name).write_bytes((workdir / name).read_bytes())
+    train(workdir / "alone", options(method="lora", keep=False), "model.pt")
+    alone = ase_predictions(workdir / "alone" / "model.pt", frames, "pbe0")
+    assert np.array_equal(new_level[1], alone[1])
+    assert np.array_equal(new_level[0], alone[0])
+
+
+def test_with_heads_the_old_level_is_the_pretrained_model_exactly(heads_run):
+    """``heads`` never moves the backbone: the untouched old head serves the
+    pretrained level bit for bit, in the export and in ``mtt eval`` on the
+    checkpoint."""
+    frames = ase.io.read(heads_run / "pbe0_small.xyz", ":")
+    reference = assert_serves_the_pretrained_level(heads_run, frames)
+    # while the new level moved away from the pretrained one
+    new_level = ase_predictions(heads_run / "model.pt", frames, "pbe0")
+    assert np.abs(new_level[1] - reference[1]).mean() > 1e-4
 
 
 def test_without_the_option_the_old_head_is_dropped(workdir):

@@ -14,6 +14,7 @@ import ase.io
 import numpy as np
 import pytest
 
+from conftest import ase_predictions as conftest_ase_predictions
 from conftest import DATA, run_mtt, transfer_options, write_yaml
 from metatrain_pet_transfer.recipe.units import label_slope, unit_mismatch
 
@@ -48,17 +49,7 @@ def user_run(folder, checkpoint, data, unit, epochs, **training):
 
 
 def ase_predictions(model, frames, level="pbe0"):
-    from metatomic_ase import MetatomicCalculator
-
-    variants = {"energy": level} if level else None
-    calculator = MetatomicCalculator(str(model), variants=variants)
-    energies, forces = [], []
-    for atoms in frames:
-        atoms = atoms.copy()
-        atoms.calc = calculator
-        energies.append(atoms.get_potential_energy())
-        forces.append(atoms.get_forces())
-    return np.array(energies), np.concatenate(forces)
+    return conftest_ase_predictions(model, frames, level)
 
 
 def test_hartree_labels_train_the_same_model_as_ev(tmp_path):

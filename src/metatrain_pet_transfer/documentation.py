@@ -231,21 +231,25 @@ class TrainerHypers(PETTrainerHypers):
 
     With ``finetune.method`` ``full`` or ``lora``, metatrain drops the pretrained
     heads the run has no labels for (the backbone changes under them). With this
-    option they stay, and are trained on the pretrained model's own predictions
-    (energies and forces) for the run's structures: the exported model keeps
-    serving the old level of theory (e.g. ``energy`` next to ``energy/pbe0``), and
-    the kept heads' validation errors, logged every epoch, measure what the
-    transfer forgot. ``heads`` never changes the backbone: old heads stay valid
-    without this option.
+    option they stay, and the exported model keeps serving the old level of theory
+    (e.g. ``energy`` next to ``energy/pbe0``):
 
-    The kept heads train on the pretrained energies only (see
-    ``kept_heads_on_forces``); their validation errors hold energies and forces
-    against the pretrained model's, i.e. the old level's drift.
+    - ``lora``: exactly. The kept heads are not trained; their outputs are computed
+      by the backbone without its adapters, which is the pretrained backbone bit for
+      bit (in ``mtt eval`` on the checkpoint and in the exported model). The new
+      level trains exactly as without the option.
+    - ``full``: the kept heads are trained on the pretrained model's own
+      predictions for the run's structures (energies only, see
+      ``kept_heads_on_forces``); their validation errors, logged every epoch, hold
+      energies and forces against the pretrained model's: the old level's drift.
+
+    ``heads`` never changes the backbone: old heads stay valid, bit for bit,
+    without this option.
     """
 
     kept_heads_on_forces: bool = False
-    """Train the kept heads (``keep_pretrained_heads``) on the pretrained model's
-    forces (and stress) too, not only its energies.
+    """Train the kept heads (``keep_pretrained_heads``, method ``full``) on the
+    pretrained model's forces (and stress) too, not only its energies.
 
     The old level's forces stay much closer to the pretrained ones, at the cost of
     a second force computation in every step and of the new level's accuracy. On the

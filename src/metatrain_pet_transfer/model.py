@@ -20,6 +20,14 @@ from .recipe.energy_levels import (
     energy_variant_aliases,
     variant_output,
 )
+from .recipe.pretrained_level import (
+    PRETRAINED_BACKBONE_KEY,
+    PretrainedLevel,
+    adapters_off,
+    pretrained_output_names,
+    split_requests,
+    without_adapters,
+)
 from .recipe.readouts import (
     READOUTS_KEY,
     ReadoutModel,
@@ -86,6 +94,7 @@ class PETTransfer(PET):
     ) -> "PETTransfer":
         model = super().load_checkpoint(checkpoint, context)
         model.readouts = checkpoint.get(READOUTS_KEY) or {}
+        model.pretrained_level = checkpoint.get(PRETRAINED_BACKBONE_KEY) or []
         if context == "export":
             # `mtt eval model.ckpt` evaluates this object directly: inference mode
             model.eval()
@@ -116,7 +125,8 @@ class PETTransfer(PET):
         describe_energy_outputs(self.outputs, aliases)
         exported = super().export(metadata)
         readouts = self.readouts
-        if not aliases and not readouts:
+        pretrained_outputs = pretrained_output_names(self.pretrained_level)
+        if not aliases and not readouts and not pretrained_outputs:
             return exported
         capabilities = exported.capabilities()
         # the outputs the model declares, not the capabilities' list: metatomic adds
@@ -134,6 +144,12 @@ class PETTransfer(PET):
             dtype=capabilities.dtype,
         )
         module: torch.nn.Module = self.eval()
+        if pretrained_outputs:
+            # the old level from the backbone without its LoRA adapters
+            pretrained = without_adapters(self)
+            pretrained.pretrained_level = []
+            pretrained.readouts = {}
+            module = PretrainedLevel(module, pretrained.eval(), pretrained_outputs)
         if readouts:
             module = ReadoutModel(module, readouts)
         if aliases:
@@ -144,7 +160,21 @@ class PETTransfer(PET):
         # PET's forward, then the readouts (:mod:`.recipe.readouts`): in training
         # and in `mtt eval` on a checkpoint. The export applies them in TorchScript
         # (`ReadoutModel`), which never calls this method.
+        pretrained = pretrained_output_names(self.pretrained_level)
+        if pretrained and any(name in pretrained for name in outputs):
+            # the old level from the backbone without its LoRA adapters
+            # (:mod:`.recipe.pretrained_level`), the new one with them
+            new, old = split_requests(outputs, pretrained)
+            results = self._call_with_readouts(systems, new, selected_atoms)
+            with adapters_off(self):
+                results.update(super().__call__(systems, old, selected_atoms))
+            return results
+        return self._call_with_readouts(systems, outputs, selected_atoms)
+
+    def _call_with_readouts(self, systems, outputs, selected_atoms):
         readouts = self.readouts
+        if not outputs:
+            return {}
         if not readouts:
             return super().__call__(systems, outputs, selected_atoms)
         requested = per_atom_requests(outputs, readouts)
@@ -163,6 +193,7 @@ class PETTransfer(PET):
         checkpoint = super().get_checkpoint()
         checkpoint["architecture_name"] = ARCHITECTURE_NAME
         checkpoint[READOUTS_KEY] = dict(self.readouts)
+        checkpoint[PRETRAINED_BACKBONE_KEY] = list(self.pretrained_level)
         checkpoint.update(self.__dict__.pop("_next_checkpoint_entries", {}))
         return checkpoint
 
@@ -176,7 +207,7 @@ class PETTransfer(PET):
     # of a restarted run, after its set-up (composition and scaler fits, data
     # loaders: they draw random numbers) and just before the first resumed epoch:
     # where the random state of the checkpoint is put back
-    __jit_unused_properties__ = ["has_new_targets", "readouts"]
+    __jit_unused_properties__ = ["has_new_targets", "readouts", "pretrained_level"]
 
     @property
     def readouts(self) -> Dict[str, str]:
@@ -187,6 +218,16 @@ class PETTransfer(PET):
     @readouts.setter
     def readouts(self, value: Dict[str, str]) -> None:
         self.__dict__["_readouts"] = dict(value)
+
+    @property
+    def pretrained_level(self) -> List[str]:
+        """The kept pretrained targets served by the backbone without its LoRA
+        adapters (:mod:`.recipe.pretrained_level`): the old level, exactly."""
+        return self.__dict__.get("_pretrained_level", [])
+
+    @pretrained_level.setter
+    def pretrained_level(self, value: List[str]) -> None:
+        self.__dict__["_pretrained_level"] = list(value)
 
     @property
     def has_new_targets(self) -> bool:

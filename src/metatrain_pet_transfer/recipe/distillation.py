@@ -297,6 +297,23 @@ def refuse_scale_fit_with_kept_heads(model, hypers: dict) -> None:
         )
 
 
+def keep_pretrained_level(model, kept: List[str]) -> None:
+    """``lora``: keep the pretrained heads ``kept`` untouched, served by the backbone
+    without its adapters (:mod:`.pretrained_level`): the old level exactly, with no
+    labels and no training for it."""
+    model._stale_finetune_targets = [
+        name for name in model._stale_finetune_targets if name not in kept
+    ]
+    model.pretrained_level = kept
+    for name in kept:
+        logger.info(
+            f"Keeping the pretrained head '{name}' exactly: with lora it is served "
+            "by the pretrained backbone without the adapters (the pretrained "
+            "model's own predictions, untrained); the new targets use the adapted "
+            "backbone"
+        )
+
+
 def keep_pretrained_heads(
     model,
     hypers: dict,
@@ -316,6 +333,10 @@ def keep_pretrained_heads(
     method = hypers["finetune"]["method"]
     kept = heads_to_keep(model, method, train_datasets + val_datasets)
     if not kept:
+        return train_datasets, val_datasets, []
+    if method == "lora":
+        # exact: served by the backbone without its adapters, never trained
+        keep_pretrained_level(model, kept)
         return train_datasets, val_datasets, []
     if fresh_start:  # a restart loads its fitted scales: no scale fit to meet
         refuse_scale_fit_with_kept_heads(model, hypers)
