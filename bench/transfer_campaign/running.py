@@ -12,6 +12,7 @@ result under a lock; a run that fails or disagrees with ``mtt eval`` is recorded
 """
 
 import contextlib
+import copy
 import fcntl
 import json
 import os
@@ -36,7 +37,15 @@ from .scoring import (
     read_predictions,
     split_metrics,
 )
-from .settings import ENERGY_KEY, FORCES_KEY, ROWS, Run, Settings
+from .settings import (
+    ENERGY_KEY,
+    FORCES_KEY,
+    REPLAY_DATA,
+    REPLAY_FRAMES,
+    ROWS,
+    Run,
+    Settings,
+)
 from .splits import Campaign, prepare, sha256, write_frames_if_changed
 from .tables import load_results, report, result_key
 
@@ -159,6 +168,24 @@ def train_file(campaign: Campaign, n: int, seed: int) -> Path:
     return path
 
 
+def replay_file(campaign: Campaign) -> Path:
+    """The replay rows' old-level frames: ``REPLAY_DATA`` without the geometries of
+    the validation and test splits (``pretrain_index``), so that no run trains on
+    a frame it is scored on, at either level."""
+    import ase.io
+
+    path = campaign.settings.runs / "splits" / "replay_xtb.xyz"
+    held_out = {
+        int(campaign.frames[i].info["pretrain_index"])
+        for i in campaign.splits["val"] + campaign.splits["test"]
+    }
+    frames = ase.io.read(REPLAY_DATA, ":")
+    write_frames_if_changed(
+        path, [atoms for i, atoms in enumerate(frames) if i not in held_out]
+    )
+    return path
+
+
 def run_folder(run: Run, campaign: Campaign) -> Path:
     """Where a run writes (zero-shot: the cached pretrained evaluation)."""
     settings = campaign.settings
@@ -186,6 +213,10 @@ def train(run: Run, campaign: Campaign, folder: Path, section: Callable) -> tupl
         "validation_set": section(campaign.files["val"]),
         "test_set": 0.0,  # the test split is evaluated after, by `mtt eval`
     }
+    training = options["architecture"]["training"]
+    if training.get("replay", {}).get("systems", {}).get("read_from") == REPLAY_FRAMES:
+        training["replay"] = copy.deepcopy(training["replay"])  # the row's own stays
+        training["replay"]["systems"]["read_from"] = str(replay_file(campaign))
     write_yaml(folder / "options.yaml", options)
     trained = mtt(
         settings, folder, "train.log", "train", "options.yaml", "-o", "model.pt"
@@ -243,9 +274,19 @@ def old_level_drift(folder: Path, campaign: Campaign) -> dict:
         [reference_forces[i] for i in test],
         campaign.subset(test),
     )
+    frames = campaign.subset(test)
+    xtb = deviations(
+        energies,
+        forces,
+        np.array([atoms.info["energy_xtb"] for atoms in frames]),
+        [atoms.arrays["forces_xtb"] for atoms in frames],
+        frames,
+    )
     return {
         "old_energy_drift_meV_atom": drift["energy"],
         "old_force_drift_meV_A": drift["force"],
+        "old_energy_mae_meV_atom": xtb["energy"],
+        "old_force_mae_meV_A": xtb["force"],
     }
 
 
@@ -298,7 +339,23 @@ def zero_shot(run: Run, campaign: Campaign) -> dict:
     shifted = energies + composition(campaign.frames, elements) @ shifts
     order = campaign.splits["val"] + campaign.splits["test"]
     result = split_metrics(shifted[order], [forces[i] for i in order], campaign)
+    result.update(old_level_errors(energies, forces, campaign))  # its own level
     return {**result, **timing, "status": "ok", "error": "", "run_dir": str(folder)}
+
+
+def old_level_errors(energies, forces, campaign: Campaign) -> dict:
+    """The pretrained model's errors at its own level (xTB labels of the test
+    frames): what a kept head is compared with."""
+    test = campaign.splits["test"]
+    frames = campaign.subset(test)
+    xtb = deviations(
+        energies[test],
+        [forces[i] for i in test],
+        np.array([atoms.info["energy_xtb"] for atoms in frames]),
+        [atoms.arrays["forces_xtb"] for atoms in frames],
+        frames,
+    )
+    return {"old_energy_mae_meV_atom": xtb["energy"], "old_force_mae_meV_A": xtb["force"]}
 
 
 def attempt(run: Run, campaign: Campaign) -> dict:

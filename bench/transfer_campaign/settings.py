@@ -20,6 +20,13 @@ SHARED = REPO.parent / "shared"
 DEFAULT_DATA = REPO / "bench" / "data" / "pbe0.xyz"
 DEFAULT_CHECKPOINT = SHARED / "checkpoints" / "pet_xtb.ckpt"
 
+#: old-level (GFN2-xTB) frames for the replay rows: the pre-training set, a copy of
+#: ../shared/data/pretrain_xtb.xyz; the runs replay it without the frames of the
+#: campaign's validation and test splits (``running.replay_file``)
+REPLAY_DATA = REPO / "bench" / "data" / "pretrain_xtb.xyz"
+#: what a row writes as ``replay.systems``: the run puts its replay file there
+REPLAY_FRAMES = "<replay frames>"
+
 #: the new level, declared as a variant of ``energy`` so exported models work in ASE
 NEW_TARGET = "energy/pbe0"
 ENERGY_KEY, FORCES_KEY = "energy_pbe0", "forces_pbe0"
@@ -245,6 +252,22 @@ HEADS_X10 = {
 }
 
 
+def replay(ratio: float) -> dict:
+    """``training.replay``: the xTB frames, energies and forces, at ``ratio``."""
+    return {
+        "systems": {"read_from": REPLAY_FRAMES, "length_unit": "angstrom"},
+        "targets": {
+            "energy": {
+                "quantity": "energy",
+                "key": "energy_xtb",
+                "unit": "eV",
+                "forces": {"key": "forces_xtb"},
+            }
+        },
+        "ratio": ratio,
+    }
+
+
 def scratch(run: Run, pretrained: Pretrained, batch_size: int) -> dict:
     """Native PET with the pretrained network's hypers, from random weights."""
     return {
@@ -290,6 +313,24 @@ ROWS: Dict[str, Row] = {
     "plugin-keep": Row(plugin_with(keep_pretrained_heads=True), lr="default"),
     "plugin-keep-forces": Row(
         plugin_with(keep_pretrained_heads=True, kept_heads_on_forces=True),
+        lr="default",
+    ),
+    # full + replay of real xTB labels on the kept head, at three ratios
+    **{
+        f"plugin-replay-{ratio:g}": Row(
+            plugin_with(keep_pretrained_heads=True, replay=replay(ratio)),
+            lr="default",
+        )
+        for ratio in (0.25, 0.5, 1.0)
+    },
+    # the MD check's models (bench/campaigns/keep.yaml), each at the learning rate
+    # the accuracy campaign selected for its method at N = 100
+    "native-full-lr3e-4": Row(finetuned("pet", "full", learning_rate=3e-4), lr="default"),
+    "plugin-lora-keep": Row(
+        finetuned(
+            "pet_transfer", "lora", inherit=True, keep_pretrained_heads=True,
+            learning_rate=1e-2,
+        ),
         lr="default",
     ),
     "native-lora": Row(finetuned("pet", "lora", inherit=True)),

@@ -24,7 +24,8 @@ from .splits import Campaign, write_atomically
 COLUMNS = (
     "row N seed lr epochs val_energy_mae_meV_atom val_force_mae_meV_A "
     "test_energy_mae_meV_atom test_force_mae_meV_A wall_s cpu_s eval_s status selected "
-    "error run_dir old_energy_drift_meV_atom old_force_drift_meV_A"
+    "error run_dir old_energy_drift_meV_atom old_force_drift_meV_A "
+    "old_energy_mae_meV_atom old_force_mae_meV_A"
 ).split()
 
 
@@ -171,30 +172,51 @@ def markdown(
     return "\n".join(head + lines + ratios(results) + drifts(results) + remarks) + "\n"
 
 
+def _column(records: List[dict], column: str) -> str:
+    """Median [min-max] of ``column``; "-" where a record lacks it (written before
+    the column existed)."""
+    if not all(r.get(column) for r in records):
+        return "-"
+    return spread([float(r[column]) for r in records])
+
+
 def drifts(results: List[dict]) -> List[str]:
     """Rows that keep the pretrained heads: how far their old level moved from the
-    untouched pretrained model on the test frames."""
-    lines = []
+    untouched pretrained model, and its error against the old level's labels (xTB),
+    on the test frames; the pretrained model itself (zero-shot) for reference."""
+    kept, pretrained = [], []
     for line in summary(results):
-        chosen = [r for r in line["chosen"] if r.get("old_force_drift_meV_A")]
+        chosen = [
+            r
+            for r in line["chosen"]
+            if r.get("old_force_mae_meV_A") or r.get("old_force_drift_meV_A")
+        ]
         if not chosen:
             continue
-        energy = spread([float(r["old_energy_drift_meV_atom"]) for r in chosen])
-        force = spread([float(r["old_force_drift_meV_A"]) for r in chosen])
-        lines.append(
-            f"| {line['row']} | {line['N']} | {len(chosen)} | {energy} | {force} |"
+        xtb_energy = _column(chosen, "old_energy_mae_meV_atom")
+        xtb_force = _column(chosen, "old_force_mae_meV_A")
+        if line["row"] == "zero-shot":  # the same model at every N
+            pretrained = [f"| pretrained | - | - | 0 | 0 | {xtb_energy} | {xtb_force} |"]
+            continue
+        energy = _column(chosen, "old_energy_drift_meV_atom")
+        force = _column(chosen, "old_force_drift_meV_A")
+        kept.append(
+            f"| {line['row']} | {line['N']} | {len(chosen)} | {energy} | {force} | "
+            f"{xtb_energy} | {xtb_force} |"
         )
-    if not lines:
+    if not kept:
         return []
     return [
         "",
         "Old level kept (`keep_pretrained_heads`): the exported model's pretrained-"
-        "level output against the untouched pretrained model, test frames (MAE; "
-        "median over seeds [min-max]):",
+        "level output on the test frames, against the untouched pretrained model "
+        "(drift) and against the xTB labels; MAE, median over seeds [min-max]:",
         "",
-        "| row | N | seeds | energy drift (meV/atom) | force drift (meV/Å) |",
-        "|---|---|---|---|---|",
-        *lines,
+        "| row | N | seeds | energy drift (meV/atom) | force drift (meV/Å) | "
+        "xTB energy MAE (meV/atom) | xTB force MAE (meV/Å) |",
+        "|---|---|---|---|---|---|---|",
+        *pretrained,
+        *kept,
     ]
 
 

@@ -258,6 +258,18 @@ class TrainerHypers(PETTrainerHypers):
     run without kept heads (1.11x for energies only).
     """
 
+    replay: Optional[dict] = None
+    """Old-level frames that train the kept heads of a ``full`` transfer
+    (``keep_pretrained_heads``), instead of the pretrained model's predictions.
+
+    A ``training_set`` section (``systems``, ``targets``: one per kept head, e.g.
+    ``energy: {key: energy_xtb, forces: {key: forces_xtb}}``) plus ``ratio``: each
+    epoch a new random draw of ``ratio`` x (number of training structures) of these
+    frames, at least one batch, is mixed into training (multi-head replay, as in
+    MACE's fine-tuning). Default ratio 0.5, chosen on the PBE0 benchmark
+    (docs/transfer.md, "Keeping the old level").
+    """
+
     new_atomic_types_init: Literal["mean", "nearest", "random"] = "mean"
     """How the model starts for elements the checkpoint has never seen.
 

@@ -31,6 +31,7 @@ from .recipe.alignment import align, set_existing_compositions
 from .recipe.datasets import trained_targets
 from .recipe.distillation import EnergiesOnlyTraining, keep_pretrained_heads
 from .recipe.lora import start_lora_at_pretrained
+from .recipe.replay import ReplayError, check_replay_options
 from .recipe.probe import (
     ProbeStart,
     pretrained_targets,
@@ -156,7 +157,8 @@ class Trainer(PETTrainer):
                 checkpoint_dir,
                 restart_record=self._restart_record,
             )
-        except RunInputError as error:
+            check_replay_options(self.hypers)
+        except (RunInputError, ReplayError) as error:
             leave_process_group()  # every rank got the error: all stop together
             stop_run(error)  # the message alone, not "an architecture's bug"
         if self._restart_record is not None:
@@ -198,16 +200,23 @@ class Trainer(PETTrainer):
         finetune = self.hypers["finetune"]
         if is_finetune and finetune["method"] == "lora":
             start_lora_at_pretrained(model, finetune)
+        kept = None
         if is_finetune and self.hypers.get("keep_pretrained_heads", False):
             # on a restart too: the kept heads need their labels again
-            train_datasets, val_datasets, self.kept_heads = keep_pretrained_heads(
-                model,
-                self.hypers,
-                train_datasets,
-                val_datasets,
-                dtype,
-                fresh_start=not is_restart,
-            )
+            try:
+                kept = keep_pretrained_heads(
+                    model,
+                    self.hypers,
+                    train_datasets,
+                    val_datasets,
+                    dtype,
+                    fresh_start=not is_restart,
+                )
+            except ReplayError as error:  # the replay file, read on every rank
+                leave_process_group()
+                stop_run(error)
+            train_datasets, val_datasets = kept.train, kept.val
+            self.kept_heads = kept.kept
         # PET's composition and scaler fits save `composition_model.ckpt` and
         # `scaler.ckpt` in the folder they are given, before the first epoch. `mtt
         # train --restart auto` takes the newest `outputs/*/*/*.ckpt`: a run killed
@@ -232,9 +241,11 @@ class Trainer(PETTrainer):
             )
             strategies.insert(0, probe)
         kept_heads = contextlib.nullcontext()
-        if self.kept_heads and not self.hypers.get("kept_heads_on_forces", False):
-            kept_heads = EnergiesOnlyTraining(model, self.kept_heads)
-            strategies.append(kept_heads)
+        if kept is not None:
+            strategies.extend(kept.strategies)
+            if kept.energies_only:
+                kept_heads = EnergiesOnlyTraining(model, kept.energies_only)
+                strategies.append(kept_heads)
         averaging = [s for s in strategies if isinstance(s, WeightAveraging)]
         self._averaging = averaging[0] if averaging else None
         if self._averaging is not None and is_restart:

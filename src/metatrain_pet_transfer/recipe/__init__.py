@@ -13,7 +13,8 @@ PET's training loop:
   composition model fitted on the residual "new labels minus pretrained predictions";
 - :mod:`.lora`: LoRA adapters start as a no-op;
 - :mod:`.distillation`: with ``keep_pretrained_heads``, the old energy heads train on
-  the pretrained model's own predictions;
+  the pretrained model's own predictions, or on old-level frames (:mod:`.replay`);
+  with ``lora`` they are served exactly (:mod:`.pretrained_level`);
 - :mod:`.energy_levels`: the exported model serves ``mtt::energy_<level>`` also as the
   variant ``energy/<level>``.
 

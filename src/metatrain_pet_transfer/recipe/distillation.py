@@ -24,7 +24,8 @@ stress/virial gradient is kept only when every structure of the run is periodic.
 """
 
 import logging
-from typing import Dict, List, Tuple
+from dataclasses import dataclass, field
+from typing import Dict, List
 
 import metatensor.torch as mts
 import torch
@@ -39,6 +40,7 @@ from metatrain.utils.io import model_from_checkpoint
 from ..checkpoints import load_checkpoint_safely
 from ..parallel.rank_zero import on_rank_zero
 from .datasets import DatasetLike, evaluation_batches, systems_of
+from .replay import ReplayDraws, check_replay_options, replay_subset
 from .strategies.loop_events import Strategy
 
 
@@ -314,6 +316,24 @@ def keep_pretrained_level(model, kept: List[str]) -> None:
         )
 
 
+@dataclass
+class KeptHeads:
+    """What :func:`keep_pretrained_heads` gives the trainer."""
+
+    train: List[DatasetLike]
+    """the training datasets, with the kept heads' labels (teacher labels added,
+    or the replay set appended)"""
+    val: List[DatasetLike]
+    """the validation datasets, with the kept heads' teacher labels"""
+    kept: List[str] = field(default_factory=list)
+    """the heads kept and trained"""
+    energies_only: List[str] = field(default_factory=list)
+    """the kept heads whose training labels are energies only
+    (:class:`EnergiesOnlyTraining`)"""
+    strategies: List[Strategy] = field(default_factory=list)
+    """events of the loop the kept heads need (the replay's draws)"""
+
+
 def keep_pretrained_heads(
     model,
     hypers: dict,
@@ -321,51 +341,72 @@ def keep_pretrained_heads(
     val_datasets: List[DatasetLike],
     dtype: torch.dtype,
     fresh_start: bool = True,
-) -> Tuple[List[DatasetLike], List[DatasetLike], List[str]]:
+) -> KeptHeads:
     """Keep the pretrained energy heads this run would drop, with labels.
 
-    On a fresh start, a run whose scale fit would meet the kept heads stops here,
-    before the pretrained model's pass (:func:`refuse_scale_fit_with_kept_heads`).
-
-    :return: the training and validation datasets to train with (with the kept
-        heads' labels added) and the names of the kept heads
+    ``lora`` keeps them exactly (:func:`keep_pretrained_level`); ``full`` trains
+    them on the pretrained model's predictions for the run's frames, or with
+    ``training.replay`` on real old-level labels (:mod:`.replay`). On a fresh
+    start, a run whose scale fit would meet the kept heads stops here, before the
+    pretrained model's pass (:func:`refuse_scale_fit_with_kept_heads`).
     """
     method = hypers["finetune"]["method"]
+    replay = check_replay_options(hypers)
     kept = heads_to_keep(model, method, train_datasets + val_datasets)
     if not kept:
-        return train_datasets, val_datasets, []
+        return KeptHeads(train_datasets, val_datasets)
     if method == "lora":
         # exact: served by the backbone without its adapters, never trained
         keep_pretrained_level(model, kept)
-        return train_datasets, val_datasets, []
+        return KeptHeads(train_datasets, val_datasets)
     if fresh_start:  # a restart loads its fitted scales: no scale fit to meet
         refuse_scale_fit_with_kept_heads(model, hypers)
+    strategies: List[Strategy] = []
+    n_train = sum(map(len, train_datasets))
+    if replay is not None:
+        subset, infos = replay_subset(
+            replay, model, kept, n_train, hypers["batch_size"], torch.initial_seed()
+        )
+        on_forces = {name: bool(infos[name].gradients) for name in kept if name in infos}
+        strategies.append(ReplayDraws(subset))
+    else:
+        forces = hypers.get("kept_heads_on_forces", False)
+        on_forces = {name: forces for name in kept}
     device = next(model.parameters()).device
-    on_forces = hypers.get("kept_heads_on_forces", False)
     # computed once (on rank 0 of a multi-process run), the same labels everywhere;
     # validation always with forces: their errors are the old level's drift
-    train_labels, val_labels = on_rank_zero(
+    splits = [val_datasets] if replay is not None else [train_datasets, val_datasets]
+    labels = on_rank_zero(
         _teacher_labels,
         hypers["finetune"]["read_from"],
         kept,
-        [train_datasets, val_datasets],
-        [on_forces, True],
+        splits,
+        [True] if replay is not None else [all(on_forces.values()), True],
         hypers["batch_size"],
         dtype,
         device,
     )
-    train = with_labels(train_datasets, train_labels)
-    val = with_labels(val_datasets, val_labels)
+    val = with_labels(val_datasets, labels[-1])
+    if replay is not None:
+        train = list(train_datasets) + [subset]
+    else:
+        train = with_labels(train_datasets, labels[0])
     # metatrain drops the heads listed here when the training starts
     model._stale_finetune_targets = [
         name for name in model._stale_finetune_targets if name not in kept
     ]
-    labels = "energies and forces" if on_forces else "energies"
     for name in kept:
-        logger.info(
-            f"Keeping the pretrained head '{name}' valid: it is trained on the "
-            f"pretrained model's own {labels} for the {sum(map(len, train))} "
-            "training structures; its validation errors (energies and forces "
-            "against the pretrained model's) are the old level's drift"
+        what = "energies and forces" if on_forces.get(name) else "energies"
+        source = (
+            f"the {what} of {subset.size} replay structures per epoch"
+            if replay is not None
+            else f"the pretrained model's own {what} for the {n_train} training "
+            "structures"
         )
-    return train, val, kept
+        logger.info(
+            f"Keeping the pretrained head '{name}' valid: it is trained on {source}; "
+            "its validation errors (energies and forces against the pretrained "
+            "model's) are the old level's drift"
+        )
+    energies_only = [name for name in kept if not on_forces.get(name)]
+    return KeptHeads(train, val, kept, energies_only, strategies)
