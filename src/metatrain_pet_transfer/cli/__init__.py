@@ -11,11 +11,11 @@ import os
 import sys
 from typing import List, Optional
 
-from . import demo, export, inspect, report, select
+from . import demo, export, inspect, md, report, select
 
 
 #: modules providing the subcommands, in the order ``--help`` lists them
-SUBCOMMANDS = (demo, inspect, report, export, select)
+SUBCOMMANDS = (demo, inspect, report, md, export, select)
 
 
 def build_parser() -> argparse.ArgumentParser:
