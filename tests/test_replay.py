@@ -57,6 +57,12 @@ def test_replay_trains_the_kept_head_on_old_level_labels(workdir):
     # the kept head trains on the replayed forces, and its drift is validated
     assert "training forces MAE" in header
     assert "validation forces MAE" in header
+    # and the report shows that drift
+    from metatrain_pet_transfer.cli import main
+
+    assert main(["report", str(workdir), "--out", str(workdir / "report")]) == 0
+    summary = (workdir / "report" / "summary.md").read_text()
+    assert "### Old level kept (`keep_pretrained_heads`)" in summary
 
     # the old level, against the xTB labels of the run's frames (which the replay
     # file does not hold): closer than the same moved backbone under the untouched
