@@ -2,7 +2,7 @@
 
 ``bench/campaigns/keep.yaml`` trains, at N = 100 and seed 0, the models compared
 here: the plugin's default, native ``full`` (lr 3e-4), the plugin's ``lora`` keeping
-the old level, ``full`` + replay; plus the pretrained model itself (its own xTB
+the old level, ``full`` + replay (ratios 0.5 and 0.25); plus the pretrained model itself (its own xTB
 level). Each runs ``mtt-transfer md`` on the first test-split frame of each of the
 26 molecules at 1000 K and 1500 K (500 fs Langevin, then 100 fs NVE), one after
 the other (``--jobs`` at a time), and the table of intact molecules, NVE drift,
@@ -29,6 +29,7 @@ MODELS = [
     ("native full (lr 3e-4)", "native-full-lr3e-4/N100_s0_lrdefault_e80/model.pt", "pbe0"),
     ("plugin lora + keep", "plugin-lora-keep/N100_s0_lrdefault_e80/model.pt", "pbe0"),
     ("plugin full + replay 0.5", "plugin-replay-0.5/N100_s0_lrdefault_e80/model.pt", "pbe0"),
+    ("plugin full + replay 0.25", "plugin-replay-0.25/N100_s0_lrdefault_e80/model.pt", "pbe0"),
 ]
 
 

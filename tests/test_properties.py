@@ -90,7 +90,7 @@ def _properties_options(readouts=None, epochs=2):
         "key": "dipole_pbe0",
         "unit": "",
         "type": {"cartesian": {"rank": 1}},
-        "per_atom": False,
+        "sample_kind": "system",
         "num_subtargets": 1,
     }
     targets["mtt::gap"] = {
@@ -98,7 +98,7 @@ def _properties_options(readouts=None, epochs=2):
         "key": "gap_pbe0",
         "unit": "eV",
         "type": "scalar",
-        "per_atom": False,
+        "sample_kind": "system",
         "num_subtargets": 1,
     }
     if readouts is not None:
@@ -212,7 +212,16 @@ def test_bad_readouts_stop_before_training(workdir, readouts, message):
     assert "Epoch" not in log.split(message)[0]
 
 
-def _dipole_only(workdir, epochs, **training):
+def test_a_gap_alone_says_how_it_is_read_out(workdir):
+    """With no readout asked, the log still names the gap's (PET's sum), and does
+    not warn about metatrain's deprecated ``per_atom`` (the docs' syntax is
+    ``sample_kind``)."""
+    log = _dipole_only(workdir, epochs=0, target="mtt::gap")
+    assert "Readouts: 'mtt::gap' sum (sum: PET's sum over atoms" in log, log[-3000:]
+    assert "per_atom" not in log
+
+
+def _dipole_only(workdir, epochs, target="mtt::dipole", **training):
     frames = ase.io.read(DATA / "props_small.xyz", ":")
     ase.io.write(workdir / "train.xyz", frames[:20])
     ase.io.write(workdir / "val.xyz", frames[20:])
@@ -221,7 +230,7 @@ def _dipole_only(workdir, epochs, **training):
     targets = options["training_set"]["targets"]
     options["training_set"] = {
         "systems": {"read_from": "train.xyz", "length_unit": "angstrom"},
-        "targets": {"mtt::dipole": targets["mtt::dipole"]},
+        "targets": {target: targets[target]},
     }
     options["validation_set"] = {**options["training_set"]}
     options["validation_set"]["systems"] = {

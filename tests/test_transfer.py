@@ -331,7 +331,7 @@ def test_generic_targets_get_new_heads(workdir):
             "key": "energy_xtb",
             "unit": "eV",
             "type": "scalar",
-            "per_atom": False,
+            "sample_kind": "system",
             "num_subtargets": 1,
         },
         "mtt::force_norm": {
@@ -339,7 +339,7 @@ def test_generic_targets_get_new_heads(workdir):
             "key": "force_norm_xtb",
             "unit": "eV/A",
             "type": "scalar",
-            "per_atom": True,
+            "sample_kind": "atom",
             "num_subtargets": 1,
         },
         "mtt::force_vector": {
@@ -347,7 +347,7 @@ def test_generic_targets_get_new_heads(workdir):
             "key": "forces_xtb",
             "unit": "eV/A",
             "type": {"cartesian": {"rank": 1}},
-            "per_atom": True,
+            "sample_kind": "atom",
             "num_subtargets": 1,
         },
     }

@@ -37,7 +37,7 @@ class Property:
             "key": self.key,
             "unit": self.unit,
             "type": kind,
-            "per_atom": self.per_atom,
+            "sample_kind": "atom" if self.per_atom else "system",
         }
 
     @property

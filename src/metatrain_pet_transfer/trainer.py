@@ -287,10 +287,21 @@ class Trainer(PETTrainer):
         model.readouts = readouts
         if readouts:
             self.hypers = with_readout_targets(self.hypers, readouts)
+        # every per-structure property says how it is read out, PET's sum included
+        summed = [
+            name
+            for name, info in targets.items()
+            if info.quantity != "energy" and not info.per_atom and name not in readouts
+        ]
+        if readouts or summed:
             logger.info(
                 "Readouts: "
-                + ", ".join(f"'{name}' {kind}" for name, kind in readouts.items())
-                + " (other targets: PET's sum over atoms; training.readouts)"
+                + ", ".join(
+                    [f"'{name}' {kind}" for name, kind in readouts.items()]
+                    + [f"'{name}' sum" for name in summed]
+                )
+                + " (sum: PET's sum over atoms, the default for energies and for "
+                "every property without another readout; training.readouts)"
             )
 
     def _stopped_early(self, stop: StopTraining, watch, distributed: bool) -> None:
