@@ -97,6 +97,13 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="rounds of one run each")
     parser.add_argument("--epochs", type=int, default=11, help="epochs per run")
     parser.add_argument("--workdir", default="/tmp/bench_keep_cost")
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        choices=list(VARIANTS),
+        default=list(VARIANTS),
+        help="variants to time (their baselines are added)",
+    )
     args = parser.parse_args(argv)
 
     import ase.io
@@ -108,7 +115,10 @@ def main(argv=None) -> int:
     ase.io.write(data, ase.io.read(args.data, f":{args.frames}"))
     checkpoint = str(Path(args.checkpoint).resolve())
 
-    names = list(VARIANTS)
+    wanted = set(args.variants) | {
+        VARIANTS[name][1] for name in args.variants if VARIANTS[name][1]
+    }
+    names = [name for name in VARIANTS if name in wanted]
     epochs = {name: [] for name in names}
     for round_ in range(args.rounds):
         # rotate the order, so that a drifting load favours no variant
