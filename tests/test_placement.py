@@ -227,6 +227,7 @@ def test_recipe_steps_get_the_model_on_the_training_device(
     """Each recipe step sees the model on the device PET will train on (here a
     ``meta`` device, which no CPU tensor can stand in for)."""
     import metatrain_pet_transfer.trainer as trainer_module
+    from metatrain_pet_transfer.recipe.distillation import KeptHeads
 
     seen = {}
 
@@ -250,7 +251,7 @@ def test_recipe_steps_get_the_model_on_the_training_device(
     monkeypatch.setattr(
         trainer_module,
         "keep_pretrained_heads",
-        recording("kept heads", lambda args, kwargs: (args[1], args[2], [])),
+        recording("kept heads", lambda args, kwargs: KeptHeads(args[1], args[2])),
     )
     run_recipe(
         monkeypatch,
