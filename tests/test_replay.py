@@ -139,3 +139,21 @@ def test_bad_replay_options_stop_before_training(workdir, change, message):
     assert result.returncode != 0
     assert message in log, log[-2000:]
     assert "Epoch" not in log and not (workdir / "model.ckpt").exists()
+
+
+def test_bad_replay_labels_stop_before_training(workdir):
+    """The replay frames get the label checks every training set gets."""
+    frames = ase.io.read(workdir / "xtb_small.xyz", ":")
+    frames[3].arrays["forces_xtb"][0, 0] = np.nan
+    ase.io.write(workdir / "xtb_bad.xyz", frames)
+    config = replay_options(epochs=1)
+    config["architecture"]["training"]["replay"]["systems"]["read_from"] = "xtb_bad.xyz"
+    write_yaml(workdir / "options.yaml", config)
+    result = run_mtt(["train", "options.yaml"], cwd=workdir, check=False)
+    log = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert (
+        "training.replay.targets['energy'].forces: the label is partly NaN in "
+        "structure 3 of 'xtb_bad.xyz'"
+    ) in log, log[-2000:]
+    assert "Epoch" not in log and not (workdir / "model.ckpt").exists()

@@ -143,6 +143,7 @@ def read_replay(
         )
     if len(dataset) == 0:
         raise ReplayError(f"{OPTION}: '{path}' holds no structure")
+    _check_replay_labels(dataset, expanded, model)
     known = set(int(t) for t in model.atomic_types)
     unknown = set()
     for system in systems_of([dataset]):
@@ -153,6 +154,22 @@ def read_replay(
             "model does not know; replay frames must be of the old level's elements"
         )
     return dataset, infos
+
+
+def _check_replay_labels(dataset, expanded, model) -> None:
+    """The label checks every training set gets (NaN or infinite labels, ...),
+    with ``training.replay`` named as the section at fault."""
+    from ..checks.labels import check_labels
+    from ..checks.run_inputs import DatasetSection
+
+    section = DatasetSection(
+        option=OPTION,
+        options=OmegaConf.to_container(expanded, resolve=True),
+        datasets={"training": [dataset]},
+    )
+    problems = check_labels(section, model)
+    if problems:
+        raise ReplayError("\n".join(problems))
 
 
 class ReplaySubset(torch.utils.data.Dataset):
