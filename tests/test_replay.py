@@ -157,25 +157,3 @@ def test_bad_replay_labels_stop_before_training(workdir):
         "structure 3 of 'xtb_bad.xyz'"
     ) in log, log[-2000:]
     assert "Epoch" not in log and not (workdir / "model.ckpt").exists()
-
-
-def test_a_kept_head_trains_with_the_new_levels_loss():
-    """metatrain's ``loss`` names only training-set targets, so a kept head would
-    get its default (mse) whatever the run's loss: it gets the new level's."""
-    from types import SimpleNamespace
-
-    from metatrain_pet_transfer.recipe.distillation import with_kept_heads_loss
-
-    def info(gradients):
-        return SimpleNamespace(quantity="energy", gradients=gradients)
-
-    model = SimpleNamespace(
-        dataset_info=SimpleNamespace(
-            targets={"energy": info(["positions"]), "energy/pbe0": info(["positions"])}
-        )
-    )
-    spec = {"type": "mae", "weight": 1.0, "reduction": "mean"}
-    hypers = {"loss": {"energy/pbe0": {**spec, "gradients": {"positions": spec}}}}
-    loss = with_kept_heads_loss(hypers, model, ["energy"])["loss"]
-    assert loss["energy"] == {**spec, "gradients": {"positions": spec}}
-    assert "energy" not in hypers["loss"]  # the options are not changed in place

@@ -29,11 +29,7 @@ from .parallel import (
 )
 from .recipe.alignment import align, set_existing_compositions
 from .recipe.datasets import trained_targets
-from .recipe.distillation import (
-    EnergiesOnlyTraining,
-    keep_pretrained_heads,
-    with_kept_heads_loss,
-)
+from .recipe.distillation import EnergiesOnlyTraining, keep_pretrained_heads
 from .recipe.lora import start_lora_at_pretrained
 from .recipe.replay import ReplayError, check_replay_options
 from .recipe.probe import (
@@ -221,7 +217,6 @@ class Trainer(PETTrainer):
                 stop_run(error)
             train_datasets, val_datasets = kept.train, kept.val
             self.kept_heads = kept.kept
-            self.hypers = with_kept_heads_loss(self.hypers, model, kept.kept)
         # PET's composition and scaler fits save `composition_model.ckpt` and
         # `scaler.ckpt` in the folder they are given, before the first epoch. `mtt
         # train --restart auto` takes the newest `outputs/*/*/*.ckpt`: a run killed

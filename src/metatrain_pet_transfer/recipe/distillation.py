@@ -273,49 +273,6 @@ def _renumber_system(samples: Labels, system: int) -> torch.Tensor:
     return values
 
 
-def with_kept_heads_loss(hypers: dict, model, kept: List[str]) -> dict:
-    """The trainer options with a loss for each kept head: the one of the new
-    energy level (its type, weight and reduction, for the energy and each gradient).
-
-    metatrain's ``loss`` option only names the targets of the training set; a kept
-    head would get metatrain's default instead (``mse``, weight 1), whatever the
-    run's loss (the plugin's default is ``mae`` for every target). With a squared
-    loss its forces dominate its energies (per-atom energy errors are ~10x smaller
-    than force errors), and the old level's energies drift.
-    """
-    loss = hypers.get("loss")
-    if not isinstance(loss, dict):
-        return hypers  # not expanded by metatrain: nothing to copy from
-    sources = [
-        spec
-        for name, spec in loss.items()
-        if name not in kept
-        and name in model.dataset_info.targets
-        and model.dataset_info.targets[name].quantity == "energy"
-    ]
-    if not sources:
-        return hypers
-    source = dict(sources[0])
-    source_gradients = dict(source.get("gradients") or {})
-    loss = dict(loss)
-    for name in kept:
-        if name in loss:
-            continue
-        gradients = {}
-        for gradient in model.dataset_info.targets[name].gradients:
-            spec = source_gradients.get(gradient) or source_gradients.get("positions")
-            if spec is not None:
-                gradients[gradient] = dict(spec)
-        loss[name] = {**source, "gradients": gradients}
-        logger.info(
-            f"The kept head '{name}' trains with the new level's loss "
-            f"({source.get('type')}, the same for its "
-            + (", ".join(gradients) or "no")
-            + " gradients; training.loss)"
-        )
-    return {**hypers, "loss": loss}
-
-
 def refuse_scale_fit_with_kept_heads(model, hypers: dict) -> None:
     """Stop before training where metatrain's scale fit would meet the kept heads.
 
