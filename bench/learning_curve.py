@@ -40,8 +40,9 @@ BENCH = Path(__file__).resolve().parent
 if str(BENCH) not in sys.path:
     sys.path.insert(0, str(BENCH))
 
+from transfer_campaign.campaign import run_campaign  # noqa: E402
 from transfer_campaign.planning import planned_runs, runs_of_row, search  # noqa: E402
-from transfer_campaign.running import CampaignStopped, run_campaign  # noqa: E402
+from transfer_campaign.running import CampaignStopped  # noqa: E402
 from transfer_campaign.scoring import (  # noqa: E402
     CrossCheckError,
     cross_check,

@@ -19,17 +19,19 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
-from transfer_campaign.planning import planned_runs
-from transfer_campaign.running import (
-    CampaignStopped,
+from transfer_campaign.campaign import (
     campaign_lock,
     edge_notes,
-    error_line,
-    failure,
-    mtt_eval,
     print_plan,
     refuse_foreign_results,
     run_in_parallel,
+)
+from transfer_campaign.planning import planned_runs
+from transfer_campaign.running import (
+    CampaignStopped,
+    error_line,
+    failure,
+    mtt_eval,
     train,
     train_file,
 )

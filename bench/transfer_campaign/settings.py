@@ -325,10 +325,15 @@ ROWS: Dict[str, Row] = {
     },
     # the MD check's models (bench/campaigns/keep.yaml), each at the learning rate
     # the accuracy campaign selected for its method at N = 100
-    "native-full-lr3e-4": Row(finetuned("pet", "full", learning_rate=3e-4), lr="default"),
+    "native-full-lr3e-4": Row(
+        finetuned("pet", "full", learning_rate=3e-4), lr="default"
+    ),
     "plugin-lora-keep": Row(
         finetuned(
-            "pet_transfer", "lora", inherit=True, keep_pretrained_heads=True,
+            "pet_transfer",
+            "lora",
+            inherit=True,
+            keep_pretrained_heads=True,
             learning_rate=1e-2,
         ),
         lr="default",

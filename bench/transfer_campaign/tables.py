@@ -196,7 +196,9 @@ def drifts(results: List[dict]) -> List[str]:
         xtb_energy = _column(chosen, "old_energy_mae_meV_atom")
         xtb_force = _column(chosen, "old_force_mae_meV_A")
         if line["row"] == "zero-shot":  # the same model at every N
-            pretrained = [f"| pretrained | - | - | 0 | 0 | {xtb_energy} | {xtb_force} |"]
+            pretrained = [
+                f"| pretrained | - | - | 0 | 0 | {xtb_energy} | {xtb_force} |"
+            ]
             continue
         energy = _column(chosen, "old_energy_drift_meV_atom")
         force = _column(chosen, "old_force_drift_meV_A")
