@@ -2,11 +2,12 @@
 
 ``bench/campaigns/keep.yaml`` trains, at N = 100 and seed 0, the models compared
 here: the plugin's default, native ``full`` (lr 3e-4), the plugin's ``lora`` keeping
-the old level, ``full`` + replay (ratios 0.5 and 0.25); plus the pretrained model itself (its own xTB
-level). Each runs ``mtt-transfer md`` on the first test-split frame of each of the
-26 molecules at 1000 K and 1500 K (500 fs Langevin, then 100 fs NVE), one after
-the other (``--jobs`` at a time), and the table of intact molecules, NVE drift,
-largest forces and temperatures reached is written to ``--out/results.md``.
+the old level, ``full`` + replay (ratios 0.5 and 0.25); plus the pretrained model
+itself (its own xTB level). Each runs ``mtt-transfer md`` on the first test-split
+frame of each of the 26 molecules at 1000 K and 1500 K (500 fs Langevin, then
+100 fs NVE), one after the other (``--jobs`` at a time), and the table of intact
+molecules, NVE drift, largest forces and temperatures reached is written to
+``--out/results.md``.
 
     python bench/md_check.py --runs /tmp/bench_runs/keep --out bench/results/md
 """
@@ -26,10 +27,22 @@ from pathlib import Path
 MODELS = [
     ("pretrained (xTB level)", "zero-shot/*/pretrained.pt", None),
     ("plugin default", "plugin-default/N100_s0_lrdefault_e80/model.pt", "pbe0"),
-    ("native full (lr 3e-4)", "native-full-lr3e-4/N100_s0_lrdefault_e80/model.pt", "pbe0"),
+    (
+        "native full (lr 3e-4)",
+        "native-full-lr3e-4/N100_s0_lrdefault_e80/model.pt",
+        "pbe0",
+    ),
     ("plugin lora + keep", "plugin-lora-keep/N100_s0_lrdefault_e80/model.pt", "pbe0"),
-    ("plugin full + replay 0.5", "plugin-replay-0.5/N100_s0_lrdefault_e80/model.pt", "pbe0"),
-    ("plugin full + replay 0.25", "plugin-replay-0.25/N100_s0_lrdefault_e80/model.pt", "pbe0"),
+    (
+        "plugin full + replay 0.5",
+        "plugin-replay-0.5/N100_s0_lrdefault_e80/model.pt",
+        "pbe0",
+    ),
+    (
+        "plugin full + replay 0.25",
+        "plugin-replay-0.25/N100_s0_lrdefault_e80/model.pt",
+        "pbe0",
+    ),
 ]
 
 
@@ -41,9 +54,16 @@ def run_one(runs: Path, out: Path, row: str, pattern: str, variant, args) -> Pat
     if (folder / "results.csv").exists():
         return folder
     command = [
-        str(Path(sys.executable).parent / "mtt-transfer"), "md", str(model),
-        str(runs / "splits" / "test.xyz"), "--temperatures", *args.temperatures,
-        "--time-fs", str(args.time_fs), "--out", str(folder),
+        str(Path(sys.executable).parent / "mtt-transfer"),
+        "md",
+        str(model),
+        str(runs / "splits" / "test.xyz"),
+        "--temperatures",
+        *args.temperatures,
+        "--time-fs",
+        str(args.time_fs),
+        "--out",
+        str(folder),
     ]
     if variant:
         command += ["--variant", variant]
@@ -52,7 +72,9 @@ def run_one(runs: Path, out: Path, row: str, pattern: str, variant, args) -> Pat
     done = subprocess.run(command, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"{row}: {done.stderr[-2000:]}")
-    print(f"{row}: {done.stdout.strip().splitlines()[0]} ({time.time() - started:.0f} s)")
+    print(
+        f"{row}: {done.stdout.strip().splitlines()[0]} ({time.time() - started:.0f} s)"
+    )
     return folder
 
 
@@ -86,9 +108,7 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     with ThreadPoolExecutor(args.jobs) as pool:
         folders = list(
-            pool.map(
-                lambda m: run_one(args.runs, args.out, *m, args=args), MODELS
-            )
+            pool.map(lambda m: run_one(args.runs, args.out, *m, args=args), MODELS)
         )
     header = " | ".join(
         f"{t} K intact | NVE drift | max force | T reached | not intact"
@@ -108,7 +128,10 @@ def main(argv=None) -> int:
         "",
         f"| model | {header} |",
         "|---|" + "---|" * (5 * len(args.temperatures)),
-        *[summarise(m[0], f, args.temperatures) for m, f in zip(MODELS, folders)],
+        *[
+            summarise(model[0], folder, args.temperatures)
+            for model, folder in zip(MODELS, folders, strict=True)
+        ],
     ]
     (args.out / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines[-len(MODELS) - 2 :]))

@@ -60,7 +60,11 @@ def mtt_transfer(*args, cwd):
     script = Path(sys.executable).parent / "mtt-transfer"
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     return subprocess.run(
-        [str(script), *args], cwd=cwd, env=env, capture_output=True, text=True,
+        [str(script), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
         timeout=600,
     )
 
@@ -73,9 +77,21 @@ def exported(workdir):
 
 def test_md_check_reports_every_molecule_at_every_temperature(exported):
     result = mtt_transfer(
-        "md", "pretrained.pt", "pbe0_small.xyz", "--temperatures", "300", "600",
-        "--time-fs", "20", "--nve-fs", "10", "--min-change-fs", "10",
-        "--out", "md", cwd=exported,
+        "md",
+        "pretrained.pt",
+        "pbe0_small.xyz",
+        "--temperatures",
+        "300",
+        "600",
+        "--time-fs",
+        "20",
+        "--nve-fs",
+        "10",
+        "--min-change-fs",
+        "10",
+        "--out",
+        "md",
+        cwd=exported,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     molecules = {a.info["mol"] for a in ase.io.read(exported / "pbe0_small.xyz", ":")}
@@ -94,8 +110,9 @@ def test_md_check_reports_every_molecule_at_every_temperature(exported):
     assert "| 300 | " in summary and "| 600 | " in summary
 
     # the results are never overwritten
-    again = mtt_transfer("md", "pretrained.pt", "pbe0_small.xyz", "--out", "md",
-                         cwd=exported)
+    again = mtt_transfer(
+        "md", "pretrained.pt", "pbe0_small.xyz", "--out", "md", cwd=exported
+    )
     assert again.returncode == 1
     assert "'md/summary.md' exists: give another --out" in again.stderr
     assert (exported / "md" / "summary.md").read_text() == summary

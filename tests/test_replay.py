@@ -6,10 +6,16 @@ import shutil
 import ase.io
 import numpy as np
 import pytest
+from test_keep_pretrained_heads import (
+    forces,
+    last_epoch,
+    options,
+    train,
+    train_csv_header,
+)
 
 from conftest import run_mtt, write_yaml
 from metatrain_pet_transfer.cli.demo import DEMO_DATA
-from test_keep_pretrained_heads import forces, last_epoch, options, train, train_csv_header
 
 
 def replay_section(ratio=0.5, **targets):

@@ -14,8 +14,8 @@ import ase.io
 import numpy as np
 import pytest
 
-from conftest import ase_predictions as conftest_ase_predictions
 from conftest import DATA, run_mtt, transfer_options, write_yaml
+from conftest import ase_predictions as conftest_ase_predictions
 from metatrain_pet_transfer.recipe.units import label_slope, unit_mismatch
 
 

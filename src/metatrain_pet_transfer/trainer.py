@@ -31,7 +31,6 @@ from .recipe.alignment import align, set_existing_compositions
 from .recipe.datasets import trained_targets
 from .recipe.distillation import EnergiesOnlyTraining, keep_pretrained_heads
 from .recipe.lora import start_lora_at_pretrained
-from .recipe.replay import ReplayError, check_replay_options
 from .recipe.probe import (
     ProbeStart,
     pretrained_targets,
@@ -39,6 +38,7 @@ from .recipe.probe import (
     start_hidden_layers,
 )
 from .recipe.readouts import any_periodic, choose_readouts, with_readout_targets
+from .recipe.replay import ReplayError, check_replay_options
 from .recipe.species import prepare_new_types
 from .recipe.strategies import (
     MAX_EPOCHS_WITHOUT_NUM_EPOCHS,

@@ -299,13 +299,19 @@ def refuse_scale_fit_with_kept_heads(model, hypers: dict) -> None:
         )
 
 
+def stop_dropping(model, kept: List[str]) -> None:
+    """metatrain drops the heads of ``model._stale_finetune_targets`` when the
+    training starts: ``kept`` are taken off that list."""
+    model._stale_finetune_targets = [
+        name for name in model._stale_finetune_targets if name not in kept
+    ]
+
+
 def keep_pretrained_level(model, kept: List[str]) -> None:
     """``lora``: keep the pretrained heads ``kept`` untouched, served by the backbone
     without its adapters (:mod:`.pretrained_level`): the old level exactly, with no
     labels and no training for it."""
-    model._stale_finetune_targets = [
-        name for name in model._stale_finetune_targets if name not in kept
-    ]
+    stop_dropping(model, kept)
     model.pretrained_level = kept
     for name in kept:
         logger.info(
@@ -367,7 +373,8 @@ def keep_pretrained_heads(
         subset, infos = replay_subset(
             replay, model, kept, n_train, hypers["batch_size"], torch.initial_seed()
         )
-        on_forces = {name: bool(infos[name].gradients) for name in kept if name in infos}
+        # every kept head has replay labels (read_replay checks it)
+        on_forces = {name: bool(infos[name].gradients) for name in kept}
         strategies.append(ReplayDraws(subset))
     else:
         forces = hypers.get("kept_heads_on_forces", False)
@@ -391,12 +398,9 @@ def keep_pretrained_heads(
         train = list(train_datasets) + [subset]
     else:
         train = with_labels(train_datasets, labels[0])
-    # metatrain drops the heads listed here when the training starts
-    model._stale_finetune_targets = [
-        name for name in model._stale_finetune_targets if name not in kept
-    ]
+    stop_dropping(model, kept)
     for name in kept:
-        what = "energies and forces" if on_forces.get(name) else "energies"
+        what = "energies and forces" if on_forces[name] else "energies"
         source = (
             f"the {what} of {subset.size} replay structures per epoch"
             if replay is not None
@@ -408,5 +412,5 @@ def keep_pretrained_heads(
             "its validation errors (energies and forces against the pretrained "
             "model's) are the old level's drift"
         )
-    energies_only = [name for name in kept if not on_forces.get(name)]
+    energies_only = [name for name in kept if not on_forces[name]]
     return KeptHeads(train, val, kept, energies_only, strategies)

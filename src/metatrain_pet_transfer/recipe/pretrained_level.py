@@ -62,12 +62,12 @@ def adapters_off(model: torch.nn.Module) -> Iterator[None]:
     layer alone (the same weights, the same operations as before LoRA)."""
     slots = _adapter_slots(model)
     adapters = [getattr(parent, name) for parent, name in slots]
-    for (parent, name), adapter in zip(slots, adapters):
+    for (parent, name), adapter in zip(slots, adapters, strict=True):
         setattr(parent, name, adapter.linear)
     try:
         yield
     finally:
-        for (parent, name), adapter in zip(slots, adapters):
+        for (parent, name), adapter in zip(slots, adapters, strict=True):
             setattr(parent, name, adapter)
 
 

@@ -15,7 +15,6 @@ import argparse
 import csv
 import sys
 from pathlib import Path
-from typing import List
 
 from .check import CheckResult, Settings, run_check
 
@@ -33,19 +32,28 @@ def register(subparsers) -> None:
         ">= --min-change-fs), temperature reached, largest force, NVE energy drift, "
         "per structure and temperature. Molecules only (no periodic cells).",
     )
-    parser.add_argument("model", metavar="MODEL", type=Path, help="exported model (.pt)")
     parser.add_argument(
-        "structures", metavar="STRUCTURES", type=Path,
+        "model", metavar="MODEL", type=Path, help="exported model (.pt)"
+    )
+    parser.add_argument(
+        "structures",
+        metavar="STRUCTURES",
+        type=Path,
         help="starting geometries (ASE-readable, e.g. extxyz)",
     )
     parser.add_argument(
-        "--variant", metavar="NAME",
+        "--variant",
+        metavar="NAME",
         help="energy variant to run, as ASE's variants={'energy': NAME} (the output "
         "energy/NAME); default: 'energy', else the model's only energy output",
     )
     parser.add_argument(
-        "--temperatures", type=float, nargs="+", default=[1000.0, 1500.0],
-        metavar="K", help="thermostat temperatures (default: 1000 1500)",
+        "--temperatures",
+        type=float,
+        nargs="+",
+        default=[1000.0, 1500.0],
+        metavar="K",
+        help="thermostat temperatures (default: 1000 1500)",
     )
     parser.add_argument("--time-fs", type=float, default=500.0, help="NVT length (500)")
     parser.add_argument("--timestep-fs", type=float, default=0.5, help="(0.5)")
@@ -56,11 +64,15 @@ def register(subparsers) -> None:
         "--nve-fs", type=float, default=100.0, help="NVE continuation length (100)"
     )
     parser.add_argument(
-        "--min-change-fs", type=float, default=150.0,
+        "--min-change-fs",
+        type=float,
+        default=150.0,
         help="how long a bond change or a lone atom must last to count (150)",
     )
     parser.add_argument(
-        "--one-per", default="mol", metavar="KEY",
+        "--one-per",
+        default="mol",
+        metavar="KEY",
         help="take the first structure of each value of atoms.info[KEY] (default "
         "'mol'); 'none' or a key the file lacks: every structure",
     )
@@ -168,7 +180,11 @@ def _changes(row) -> str:
     if row.exploded_fs is not None:
         return f"exploded at {row.exploded_fs:.0f} fs"
     parts = []
-    for label, items in [("lost", row.lost), ("formed", row.formed), ("left", row.left)]:
+    for label, items in [
+        ("lost", row.lost),
+        ("formed", row.formed),
+        ("left", row.left),
+    ]:
         if items:
             parts.append(f"{label} {', '.join(items)}")
     return "; ".join(parts) or "intact"
@@ -232,9 +248,17 @@ def write_csv(result: CheckResult, path: Path) -> None:
         for r in result.structures:
             writer.writerow(
                 [
-                    r.name, r.n_atoms, r.temperature, f"{r.reached:.1f}",
-                    f"{r.max_force:.4f}", f"{r.drift:.4g}", f"{r.deviation:.4g}",
-                    " ".join(r.lost), " ".join(r.formed), " ".join(r.left),
-                    "" if r.exploded_fs is None else r.exploded_fs, r.intact,
+                    r.name,
+                    r.n_atoms,
+                    r.temperature,
+                    f"{r.reached:.1f}",
+                    f"{r.max_force:.4f}",
+                    f"{r.drift:.4g}",
+                    f"{r.deviation:.4g}",
+                    " ".join(r.lost),
+                    " ".join(r.formed),
+                    " ".join(r.left),
+                    "" if r.exploded_fs is None else r.exploded_fs,
+                    r.intact,
                 ]
             )

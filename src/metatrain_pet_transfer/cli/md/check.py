@@ -130,7 +130,7 @@ def run_check(model_path: str, output: str, frames, names, settings: Settings):
         if k > 0:
             step(batch, model, settings.timestep_fs, friction=0.0)
             check_finite(steps + k)
-        totals.append(batch.kinetic() + _per_structure_energy(batch))
+        totals.append(batch.kinetic() + batch.energies.numpy())
     totals = np.array(totals)
     time_ps = np.arange(len(totals)) * settings.timestep_fs / 1000
     reached = (
@@ -158,12 +158,10 @@ def run_check(model_path: str, output: str, frames, names, settings: Settings):
                 formed=changes.formed,
                 left=changes.left,
                 drift=float(1000 * slope / size),
-                deviation=float(1000 * np.abs(totals[:, i] - totals[0, i]).max() / size),
+                deviation=float(
+                    1000 * np.abs(totals[:, i] - totals[0, i]).max() / size
+                ),
                 exploded_fs=exploded[i],
             )
         )
     return CheckResult(model_path, output, settings, results, time.time() - started)
-
-
-def _per_structure_energy(batch) -> np.ndarray:
-    return batch.energies.numpy().copy()

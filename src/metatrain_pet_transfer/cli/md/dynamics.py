@@ -132,8 +132,8 @@ class BatchedModel:
 
 
 def step(batch: Batch, model: BatchedModel, timestep_fs: float, friction: float):
-    """One BAOAB step (``friction`` per fs; 0: velocity Verlet). Structures whose
-    forces are not finite keep their positions and are marked (``finite``)."""
+    """One BAOAB step (``friction`` per fs; 0: velocity Verlet), every structure
+    at once (:mod:`.check` freezes those whose forces stopped being finite)."""
     dt = timestep_fs * units.fs
     inverse_mass = 1.0 / batch.masses
     batch.velocities += 0.5 * dt * batch.forces * inverse_mass
